@@ -1,0 +1,304 @@
+"""The gateway application: the request path of DESIGN.md, one step per module.
+
+    context → authenticate → route → authorize → validate body → forward → respond
+                                                        every request ─▶ audit
+
+Each step may end the request with a `GatewayError`; `_render_error` is the only place
+that turns errors into responses, and `_finish` the only place that writes audit records
+and security headers, so no path can skip either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from quart import Quart, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from gateway import context
+from gateway.audit import AuditEvent, AuditTrail, utc_timestamp
+from gateway.auth import authenticate
+from gateway.errors import (
+    AuditUnavailable,
+    BadRequest,
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from gateway.forward import Forwarder
+from gateway.keyring import KeyRing
+from gateway.policy import AccessPolicy, Route, RouteTable
+from gateway.secretstore import SecretStore, SecretStoreError, utcnow
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("gateway")
+JSON = "application/json"
+_READY_CACHE_S = 2.0
+
+
+@dataclass
+class Gateway:
+    """Everything the request path needs, built once in the entry point."""
+
+    settings: GatewaySettings
+    store: SecretStore
+    keys: KeyRing
+    routes: RouteTable
+    access: AccessPolicy
+    forwarder: Forwarder
+    audit: AuditTrail
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _ready: tuple[float, bool, dict[str, bool]] = (0.0, False, {})
+
+    async def start(self) -> None:
+        await self.forwarder.start()
+        try:
+            await self.keys.refresh()
+        except SecretStoreError as exc:
+            # Not ready until the keys load; the background refresh keeps trying.
+            self.keys.last_error = str(exc)
+            log.error("initial key load failed: %s", exc)
+        self._tasks = [
+            asyncio.create_task(self.keys.run(), name="key-refresh"),
+            asyncio.create_task(self.audit.run(), name="audit-writer"),
+        ]
+
+    async def stop(self) -> None:
+        # Drain the audit queue first: in-flight requests have finished by now.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.audit.drain(), timeout=10)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.audit.close()
+        await self.forwarder.close()
+        await self.store.close()
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        now = time.monotonic()
+        checked_at, upstreams_ok, upstreams = self._ready
+        if now - checked_at > _READY_CACHE_S:
+            routes = {r.upstream_name: r for r in map(self.routes.resolve, self.routes.models)}
+            results = await asyncio.gather(*(self.forwarder.probe(r) for r in routes.values()))
+            upstreams = dict(zip(routes, results, strict=True))
+            upstreams_ok = all(results)
+            self._ready = (now, upstreams_ok, upstreams)
+        staleness = self.keys.staleness_s()
+        checks = {
+            "keys_loaded": self.keys.loaded,
+            "keys_staleness_s": None if staleness is None else round(staleness, 1),
+            "audit_accepting": self.audit.accepting,
+            "upstreams": upstreams,
+        }
+        return self.keys.loaded and self.audit.accepting and upstreams_ok, checks
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status=status, content_type=JSON)
+
+
+def _count_instances(body: Any, kind: str) -> int:
+    """Instances in a v2 or v1 body; the cheap structural check the gateway owns."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object", reason="body_not_object")
+    if kind == "v1":
+        instances = body.get("instances")
+        if not isinstance(instances, list) or not instances:
+            raise InvalidRequest("'instances' must be a non-empty list", reason="body_invalid")
+        return len(instances)
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not isinstance(inputs[0], dict):
+        raise InvalidRequest("'inputs' must be a non-empty list of tensors", reason="body_invalid")
+    shape = inputs[0].get("shape")
+    if not isinstance(shape, list) or not shape or not isinstance(shape[0], int) or shape[0] < 0:
+        raise InvalidRequest("each input needs a 'shape' list of integers", reason="body_invalid")
+    return int(shape[0])
+
+
+def create_app(gw: Gateway) -> Quart:
+    settings = gw.settings
+    app = Quart("gateway")
+    # Quart rejects bodies over this with 413 while reading (Hypercorn/Quart DoS notes).
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = settings.body_timeout_s
+    app.config["RESPONSE_TIMEOUT"] = None
+    security_headers = {
+        # RFC 6797: browsers must use HTTPS for this host from now on.
+        "Strict-Transport-Security": f"max-age={settings.hsts_max_age_s}; includeSubDomains",
+        # OWASP REST Security / Secure Headers: an API answers JSON that nothing renders.
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-store",
+        "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+    }
+
+    @app.before_serving
+    async def _startup() -> None:
+        await gw.start()
+
+    @app.after_serving
+    async def _shutdown() -> None:
+        await gw.stop()
+
+    @app.before_request
+    async def _begin() -> None:
+        g.start = time.perf_counter()
+        g.request_id = context.request_id(request.headers.get("x-request-id"))
+        g.client = context.client_address(
+            request.remote_addr, request.headers.get("x-forwarded-for"), settings.trusted_proxy_hops
+        )
+        g.principal = None
+        g.model = None
+        g.decision = "deny"
+        g.reason = "ok"
+        g.bytes_in = 0
+        g.payload_sha256 = None
+        context.reject_credentials_in_query(request.args)
+        if not gw.audit.accepting:
+            # Fail closed: no request is served that cannot be audited.
+            raise AuditUnavailable(reason="audit_unavailable")
+
+    @app.after_request
+    async def _finish(response: Response) -> Response:
+        response.headers.update(security_headers)
+        response.headers["X-Request-Id"] = g.request_id
+        principal = g.principal
+        rule = request.url_rule
+        gw.audit.record(
+            AuditEvent(
+                time=utc_timestamp(),
+                request_id=g.request_id,
+                client=g.client,
+                method=request.method[:16],
+                path=request.path[:256],  # never the query string
+                route=rule.endpoint if rule is not None else "-",
+                model=g.model,
+                subject=principal.subject if principal else None,
+                credential=principal.credential if principal else None,
+                key_id=principal.key_id if principal else None,
+                key_version=principal.key_version if principal else None,
+                decision=g.decision,
+                reason=g.reason,
+                status=response.status_code,
+                latency_ms=round((time.perf_counter() - g.start) * 1000, 3),
+                bytes_in=g.bytes_in,
+                bytes_out=response.content_length or 0,
+                payload_sha256=g.payload_sha256,
+            )
+        )
+        return response
+
+    def _render_error(exc: GatewayError) -> Response:
+        g.reason = exc.reason
+        response = _json(
+            {
+                "error": {
+                    "code": exc.code,
+                    "message": exc.message,
+                    "request_id": g.get("request_id"),
+                }
+            },
+            exc.status,
+        )
+        if exc.status == 401:
+            # RFC 9110 §11.6.1: a 401 names the scheme the client should use.
+            response.headers["WWW-Authenticate"] = 'ApiKey realm="scoregate", header="api-key"'
+        return response
+
+    @app.errorhandler(GatewayError)
+    async def _gateway_error(exc: GatewayError) -> Response:
+        return _render_error(exc)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        mapped: GatewayError
+        if exc.code == 404:
+            mapped = NotFound(reason="route_unknown")
+        elif exc.code == 405:
+            mapped = MethodNotAllowed(reason="method_not_allowed")
+        elif exc.code == 413:
+            mapped = PayloadTooLarge(reason="body_too_large")
+        else:
+            mapped = BadRequest(reason=f"http_{exc.code}")
+            mapped.status = exc.code or 400
+        return _render_error(mapped)
+
+    @app.errorhandler(Exception)
+    async def _unexpected(exc: Exception) -> Response:
+        # A generic 500: the exception's text stays in our logs (OWASP: error handling).
+        log.exception("unhandled error in request %s", g.get("request_id"))
+        return _render_error(InternalError(reason="internal_error"))
+
+    # -- health (unauthenticated, no model data) -----------------------------------
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        g.decision, g.reason = "allow", "public_endpoint"
+        return _json({"live": True})
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        g.decision, g.reason = "allow", "public_endpoint"
+        is_ready, checks = await gw.readiness()
+        return _json({"ready": is_ready, **checks}, 200 if is_ready else 503)
+
+    # -- model endpoints -----------------------------------------------------------
+    async def admit(model: str) -> Route:
+        """Authenticate, route, authorize: 401, then 404, then 403."""
+        principal = authenticate(request.headers.get("api-key"), gw.keys, utcnow())
+        g.principal = principal
+        route = gw.routes.resolve(model)
+        g.model = route.model
+        gw.access.authorize(principal, route.model)
+        g.decision = "allow"
+        return route
+
+    async def forward(route: Route, method: str, path: str, body: bytes | None) -> Response:
+        upstream = await gw.forwarder.send(route, method, path, body, g.request_id)
+        return Response(upstream.body, status=upstream.status, content_type=JSON)
+
+    async def score(model: str, kind: str, path: str) -> Response:
+        route = await admit(model)
+        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        g.bytes_in = len(body)
+        g.payload_sha256 = hashlib.sha256(body).hexdigest()
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("the body is not valid JSON", reason="body_not_json") from None
+        instances = _count_instances(parsed, kind)
+        if instances > route.max_instances:
+            raise PayloadTooLarge(
+                f"at most {route.max_instances} instances per request", reason="too_many_instances"
+            )
+        return await forward(route, "POST", path, body)
+
+    @app.get("/v2/models/<model>")
+    async def model_metadata(model: str) -> Response:
+        route = await admit(model)
+        return await forward(route, "GET", f"/v2/models/{route.model}", None)
+
+    @app.get("/v2/models/<model>/ready")
+    async def model_ready(model: str) -> Response:
+        route = await admit(model)
+        return await forward(route, "GET", f"/v2/models/{route.model}/ready", None)
+
+    @app.post("/v2/models/<model>/infer")
+    async def infer(model: str) -> Response:
+        return await score(model, "v2", f"/v2/models/{model}/infer")
+
+    @app.post("/v1/models/<model>:predict")
+    async def predict(model: str) -> Response:
+        return await score(model, "v1", f"/v1/models/{model}:predict")
+
+    return app

@@ -1,0 +1,252 @@
+"""``scoregate``: one command line for the people who run, call and review the gateway.
+
+scoregate serve                       run the gateway (HTTPS)
+scoregate demo [--once]               the whole stack on this machine, with real requests
+scoregate certs init|issue|show       the dev CA and certificates
+scoregate keys create|list|revoke     API keys in the secret store
+scoregate score MODEL --instances …   call the gateway as a client
+scoregate audit verify PATH…          check the audit trail's hash chain
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from certs.authority import (
+    DEFAULT_SERVER_NAMES,
+    CertificateError,
+    CertPaths,
+    create_ca,
+    issue,
+    load_certificate,
+)
+from gateway.settings import GatewaySettings
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(f"scoregate: {line}\n")
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> GatewaySettings:
+    if args.state_dir is not None:
+        overrides["state_dir"] = args.state_dir
+    return GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+# -- serve ---------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.policy import PolicyError
+    from gateway.server import run
+
+    settings = _settings(args, host=args.host, port=args.port)
+    try:
+        run(settings)
+    except PolicyError as exc:
+        _err(f"invalid policy: {exc}")
+        return 2
+    except FileNotFoundError as exc:
+        _err(f"{exc.filename}: not found (run `scoregate certs init` first?)")
+        return 2
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    settings = _settings(args, port=args.port)
+    return run_demo(settings, once=args.once, scorer_port=args.scorer_port, out=_out)
+
+
+# -- certs ---------------------------------------------------------------------------
+def cmd_certs(args: argparse.Namespace) -> int:
+    paths = CertPaths(_settings(args).state_dir / "certs")
+    if args.certs_command == "init":
+        create_ca(paths, force=args.force)
+        _out(f"created CA {paths.ca_cert}")
+        issue(paths, "gateway", force=True)
+        _out(f"issued {paths.cert('gateway')} for {', '.join(DEFAULT_SERVER_NAMES)}")
+    elif args.certs_command == "issue":
+        names = tuple(args.san or DEFAULT_SERVER_NAMES)
+        issue(paths, args.name, server_names=names, client=args.client, force=args.force)
+        kind = "client" if args.client else "server"
+        _out(f"issued {paths.cert(args.name)} ({kind}) for {', '.join(names)}")
+    else:
+        for pem in sorted(paths.root.glob("*.pem")):
+            cert = load_certificate(pem)
+            subject = cert.subject.rfc4514_string()
+            expires = f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z"
+            _out(f"{pem.name:<16} {subject:<28} expires {expires}")
+    return 0
+
+
+# -- keys ----------------------------------------------------------------------------
+def cmd_keys(args: argparse.Namespace) -> int:
+    from gateway import keyadmin
+    from gateway.secretstore import LocalSecretStore
+
+    settings = _settings(args)
+    store = LocalSecretStore(settings.store_path)
+
+    async def go() -> int:
+        if args.keys_command == "create":
+            expires = keyadmin.parse_duration(args.expires) if args.expires else None
+            issued = await keyadmin.create(
+                store, owner=args.owner, scopes=args.scope, expires_in=expires
+            )
+            info = keyadmin.describe(issued.generation)
+            # The secret is shown here, once; only its digest is stored.
+            if args.json:
+                _out(json.dumps({"key": issued.key, **info}))
+            else:
+                _out(issued.key)
+                sys.stderr.write(
+                    f"key id {info['key_id']} for {info['owner']} ({info['scopes']}): "
+                    "store the key now, it is not shown again\n"
+                )
+        elif args.keys_command == "list":
+            rows = [keyadmin.describe(g) for g in await keyadmin.list_keys(store)]
+            if args.json:
+                for row in rows:
+                    _out(json.dumps(row))
+            else:
+                widths = {"key_id": 17, "version": 33, "state": 8, "owner": 12, "expires_on": 26}
+                _out(" ".join(f"{c.upper():<{w}}" for c, w in widths.items()) + " SCOPES")
+                for r in rows:
+                    _out(" ".join(f"{r[c]:<{w}}" for c, w in widths.items()) + f" {r['scopes']}")
+        else:
+            for generation in await keyadmin.revoke(store, args.key_id, args.version):
+                _out(f"revoked {generation.key_id} version {generation.version}")
+        return 0
+
+    try:
+        return asyncio.run(go())
+    except keyadmin.KeyAdminError as exc:
+        _err(str(exc))
+        return 2
+
+
+# -- score ---------------------------------------------------------------------------
+def cmd_score(args: argparse.Namespace) -> int:
+    from gateway.client import call
+
+    settings = _settings(args)
+    api_key = os.environ.get("SCOREGATE_API_KEY")
+    if not api_key:
+        _err("set SCOREGATE_API_KEY to the API key (keys are never taken as arguments)")
+        return 2
+    try:
+        instances = json.loads(args.instances)
+    except ValueError:
+        _err("--instances must be JSON, e.g. '[[5.1, 3.5, 1.4, 0.2]]'")
+        return 2
+    ca = args.ca or settings.ca_path
+    url = f"{args.url.rstrip('/')}/v1/models/{args.model}:predict"
+    reply = call(url, ca=ca, method="POST", payload={"instances": instances}, api_key=api_key)
+    _out(json.dumps(reply.body))
+    return 0 if reply.status == 200 else 1
+
+
+# -- audit ---------------------------------------------------------------------------
+def cmd_audit(args: argparse.Namespace) -> int:
+    from gateway.audit import verify
+
+    result = verify(args.paths)
+    if result.ok:
+        _out(f"ok: {result.records} records, chain intact")
+        return 0
+    _out(f"BROKEN after {result.records} good records: {result.problem}")
+    return 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scoregate", description="security-hardened HTTPS scoring gateway"
+    )
+    p.add_argument(
+        "--state-dir", type=Path, help="generated state (default: ./var or $SCOREGATE_STATE_DIR)"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway over HTTPS")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run the whole stack here and send real scored requests")
+    demo.add_argument(
+        "--once", action="store_true", help="exit after the requests (0 when all succeed)"
+    )
+    demo.add_argument("--port", type=int, default=8443, help="gateway HTTPS port")
+    demo.add_argument("--scorer-port", type=int, default=9001)
+    demo.set_defaults(func=cmd_demo)
+
+    certs = sub.add_parser("certs", help="dev CA and certificates")
+    csub = certs.add_subparsers(dest="certs_command", required=True)
+    init = csub.add_parser("init", help="create the CA and the gateway's server certificate")
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    iss = csub.add_parser("issue", help="issue (or with --force renew) a certificate")
+    iss.add_argument("name")
+    iss.add_argument("--san", action="append", help="DNS name or IP (repeat)")
+    iss.add_argument("--client", action="store_true", help="a client certificate (mTLS)")
+    iss.add_argument("--force", action="store_true")
+    csub.add_parser("show", help="list certificates and their expiry")
+    certs.set_defaults(func=cmd_certs)
+
+    keys = sub.add_parser("keys", help="API keys in the secret store")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="issue a key; its secret is printed once")
+    create.add_argument("--owner", required=True)
+    create.add_argument("--scope", action="append", required=True, help="e.g. models:iris (repeat)")
+    create.add_argument("--expires", help="lifetime, e.g. 90d")
+    create.add_argument("--json", action="store_true")
+    lst = ksub.add_parser("list", help="every key generation and its state (no secrets)")
+    lst.add_argument("--json", action="store_true")
+    rev = ksub.add_parser("revoke", help="disable a key (all generations, or one --version)")
+    rev.add_argument("key_id")
+    rev.add_argument("--version")
+    keys.set_defaults(func=cmd_keys)
+
+    score = sub.add_parser(
+        "score", help="score instances through the gateway (key in $SCOREGATE_API_KEY)"
+    )
+    score.add_argument("model")
+    score.add_argument("--instances", required=True, help="JSON list of rows")
+    score.add_argument("--url", default="https://localhost:8443")
+    score.add_argument("--ca", type=Path, help="CA to trust (default: the dev CA)")
+    score.set_defaults(func=cmd_score)
+
+    audit = sub.add_parser("audit", help="review the audit trail")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    ver = asub.add_parser(
+        "verify", help="check the hash chain; non-zero at the first broken record"
+    )
+    ver.add_argument("paths", nargs="+", type=Path)
+    audit.set_defaults(func=cmd_audit)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValidationError as exc:
+        _err(f"invalid settings: {exc}")
+        return 2
+    except CertificateError as exc:
+        _err(str(exc))
+        return 2

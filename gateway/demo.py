@@ -1,0 +1,214 @@
+"""`scoregate demo`: the whole stack on this machine, with embedded defaults.
+
+Makes the dev CA and gateway certificate, trains the demo model, issues a demo API key,
+starts a scorer and a gateway as real processes, and sends real scored requests over
+HTTPS that trust only the dev CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from certs.authority import CertPaths, ensure_server_certificate
+from gateway import keyadmin
+from gateway.client import Reply, call
+from gateway.secretstore import LocalSecretStore
+from gateway.settings import GatewaySettings
+
+DEMO_OWNER = "demo"
+SAMPLES = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]
+
+
+@dataclass
+class DemoProcess:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class DemoError(Exception):
+    pass
+
+
+def _start(name: str, args: list[str], env: dict[str, str], logs: Path) -> DemoProcess:
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{name}.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+    return DemoProcess(name, proc, log)
+
+
+def _stop(processes: list[DemoProcess]) -> None:
+    for p in processes:
+        if p.proc.poll() is None:
+            p.proc.terminate()  # SIGTERM: both servers drain and exit
+    for p in processes:
+        try:
+            p.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.proc.kill()
+
+
+def _wait_ready(url: str, ca: Path, processes: list[DemoProcess], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        for p in processes:
+            if p.proc.poll() is not None:
+                raise DemoError(f"{p.name} exited with {p.proc.returncode}:\n{p.tail()}")
+        try:
+            reply = call(url, ca=ca, timeout_s=2)
+            if reply.status == 200:
+                return
+            last = f"{reply.status} {reply.body}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.3)
+    raise DemoError(f"the gateway did not become ready in {timeout_s:.0f}s: {last}")
+
+
+def _write_routes(path: Path, scorer_port: int) -> None:
+    path.write_text(
+        f"""# Written by `scoregate demo`.
+[upstreams.cpu-scorer]
+url = "http://127.0.0.1:{scorer_port}"
+kind = "cpu"
+timeout_s = 5.0
+
+[models.iris]
+upstream = "cpu-scorer"
+max_instances = 64
+"""
+    )
+
+
+async def _fresh_demo_key(store_path: Path) -> str:
+    """Revoke earlier demo keys and issue a new one (its secret is shown once, here)."""
+    store = LocalSecretStore(store_path)
+    for generation in await keyadmin.list_keys(store):
+        if generation.owner == DEMO_OWNER and generation.enabled:
+            await keyadmin.revoke(store, generation.key_id)
+    issued = await keyadmin.create(store, owner=DEMO_OWNER, scopes=["models:iris"])
+    return issued.key
+
+
+def run_demo(
+    settings: GatewaySettings, *, once: bool, scorer_port: int, out: Callable[[str], None]
+) -> int:
+    state = settings.state_dir.resolve()
+    for line in ensure_server_certificate(CertPaths(state / "certs")):
+        out(f"certs: {line}")
+    ca = state / "certs" / "ca.pem"
+
+    models = state / "models"
+    subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "scorer", "train-demo", "--repository", str(models)], check=True
+    )
+    api_key = asyncio.run(_fresh_demo_key(state / "secrets.json"))
+    routes = state / "demo-routes.toml"
+    _write_routes(routes, scorer_port)
+
+    env = {**os.environ, "SCOREGATE_STATE_DIR": str(state), "SCOREGATE_ROUTES_FILE": str(routes)}
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    logs = state / "logs"
+    processes = [
+        _start(
+            "scorer",
+            [
+                sys.executable,
+                "-m",
+                "scorer",
+                "serve",
+                "--repository",
+                str(models),
+                "--port",
+                str(scorer_port),
+            ],
+            env,
+            logs,
+        ),
+        _start("gateway", [sys.executable, "-m", "gateway", "serve"], env, logs),
+    ]
+    base = f"https://localhost:{settings.port}"
+    try:
+        _wait_ready(f"{base}/v2/health/ready", ca, processes)
+        ok = _show_requests(base, ca, api_key, out)
+        curl = (
+            f"curl --cacert {shlex.quote(str(ca))} -H 'api-key: {api_key}' "
+            "-H 'content-type: application/json' "
+            f"-d '{json.dumps({'instances': SAMPLES[:1]})}' {base}/v1/models/iris:predict"
+        )
+        out("\nTry it yourself (the demo key is valid until the next demo run revokes it):")
+        out(f"  {curl}")
+        out(f"Audit trail: {state / 'audit' / 'audit.jsonl'}   logs: {logs}")
+        if once:
+            return 0 if ok else 1
+        out("\nServing until Ctrl-C ...")
+        while all(p.proc.poll() is None for p in processes):
+            time.sleep(0.5)
+        raise DemoError("a demo process exited:\n" + "\n".join(p.tail() for p in processes))
+    except KeyboardInterrupt:
+        out("\nstopping ...")
+        return 0
+    except DemoError as exc:
+        out(f"demo failed: {exc}")
+        return 1
+    finally:
+        _stop(processes)
+
+
+def _show_requests(base: str, ca: Path, api_key: str, out: Callable[[str], None]) -> bool:
+    checks: list[tuple[str, Reply, int]] = []
+    v1 = call(
+        f"{base}/v1/models/iris:predict",
+        ca=ca,
+        method="POST",
+        api_key=api_key,
+        payload={"instances": SAMPLES},
+    )
+    checks.append(("v1 predict", v1, 200))
+    v2 = call(
+        f"{base}/v2/models/iris/infer",
+        ca=ca,
+        method="POST",
+        api_key=api_key,
+        payload={
+            "inputs": [
+                {"name": "measurements", "shape": [1, 4], "datatype": "FP64", "data": SAMPLES[2]}
+            ]
+        },
+    )
+    checks.append(("v2 infer", v2, 200))
+    denied = call(
+        f"{base}/v1/models/iris:predict", ca=ca, method="POST", payload={"instances": SAMPLES[:1]}
+    )
+    checks.append(("no key", denied, 401))
+
+    ok = True
+    out(f"\nscoregate demo: gateway {base} → scorer, TLS trusting only the dev CA\n")
+    for name, reply, expected in checks:
+        good = reply.status == expected
+        ok &= good
+        mark = "ok " if good else "FAIL"
+        request_id = reply.headers.get("x-request-id")
+        out(f"[{mark}] {name:<10} HTTP {reply.status}  request-id {request_id}")
+        out(f"       {json.dumps(reply.body)[:300]}")
+    if v1.status == 200:
+        for sample, label in zip(SAMPLES, v1.body["predictions"], strict=False):
+            out(f"       {sample} → {label}")
+    return ok

@@ -1,0 +1,101 @@
+"""The gateway's in-memory view of API key generations, refreshed from the secret store.
+
+Each client is one secret named ``apikey-<key id>``; each of its versions is a key
+generation (value: digest; tags: ``scopes``, ``owner``). The gateway never asks the store
+on the request path: a background task rebuilds this index every
+``key_refresh_interval_s`` and keeps the last good one when the store fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.secretstore import SecretStore, SecretStoreError, SecretVersion
+
+log = logging.getLogger("gateway.keys")
+SECRET_PREFIX = "apikey-"  # noqa: S105 - a name prefix, not a secret
+
+
+def secret_name(key_id: str) -> str:
+    return f"{SECRET_PREFIX}{key_id}"
+
+
+@dataclass(frozen=True)
+class KeyGeneration:
+    key_id: str
+    version: str
+    digest: str
+    owner: str
+    scopes: frozenset[str]
+    enabled: bool
+    expires_on: dt.datetime | None
+    not_before: dt.datetime | None
+
+    @classmethod
+    def from_secret(cls, key_id: str, secret: SecretVersion) -> KeyGeneration:
+        return cls(
+            key_id=key_id,
+            version=secret.version,
+            digest=secret.value,
+            owner=secret.tags.get("owner", ""),
+            scopes=frozenset(secret.tags.get("scopes", "").split()),
+            enabled=secret.enabled,
+            expires_on=secret.expires_on,
+            not_before=secret.not_before,
+        )
+
+    def state(self, now: dt.datetime) -> str:
+        """``active``, ``revoked`` (disabled), ``expired`` or ``pending`` (not yet valid)."""
+        if not self.enabled:
+            return "revoked"
+        if self.expires_on is not None and now >= self.expires_on:
+            return "expired"
+        if self.not_before is not None and now < self.not_before:
+            return "pending"
+        return "active"
+
+
+class KeyRing:
+    """key id → generations, swapped whole on each refresh (readers never see a half-built map)."""
+
+    def __init__(self, store: SecretStore, *, refresh_interval_s: float) -> None:
+        self._store = store
+        self._interval = refresh_interval_s
+        self._keys: Mapping[str, tuple[KeyGeneration, ...]] = {}
+        self.loaded = False
+        self.last_refresh_monotonic: float | None = None
+        self.last_error: str | None = None
+
+    def generations(self, key_id: str) -> tuple[KeyGeneration, ...]:
+        return self._keys.get(key_id, ())
+
+    async def refresh(self) -> None:
+        keys: dict[str, tuple[KeyGeneration, ...]] = {}
+        for name in await self._store.list_names(SECRET_PREFIX):
+            key_id = name.removeprefix(SECRET_PREFIX)
+            versions = await self._store.versions(name)
+            keys[key_id] = tuple(KeyGeneration.from_secret(key_id, v) for v in versions)
+        self._keys = keys
+        self.loaded = True
+        self.last_refresh_monotonic = time.monotonic()
+        self.last_error = None
+
+    def staleness_s(self) -> float | None:
+        if self.last_refresh_monotonic is None:
+            return None
+        return time.monotonic() - self.last_refresh_monotonic
+
+    async def run(self) -> None:
+        """Refresh forever; on failure keep the last good set and say so in readiness."""
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.refresh()
+            except SecretStoreError as exc:
+                self.last_error = str(exc)
+                log.warning("key refresh failed, keeping the last good set: %s", exc)

@@ -1,0 +1,147 @@
+"""Routing table and access policy, read from `policies/` at start and validated strictly.
+
+    routes.toml   model name → upstream (scorer URL, kind, timeouts, max instances)
+    access.toml   scope → models it grants; anything not granted is denied
+
+Model names are matched exactly against the routing table; the upstream address only ever
+comes from this file, never from the request (OWASP API7, server-side request forgery).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
+
+from gateway.errors import Forbidden, ModelNotFound
+from gateway.principal import Principal
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+WILDCARD = "*"
+
+
+class PolicyError(Exception):
+    """A policy file is missing or invalid; the gateway refuses to start."""
+
+
+class Upstream(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: HttpUrl
+    kind: Literal["cpu", "gpu"] = "cpu"
+    connect_timeout_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=64, ge=1)
+
+
+class ModelRoute(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    upstream: str
+    max_instances: int = Field(default=64, ge=1)
+
+
+class _RoutesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    upstreams: dict[str, Upstream]
+    models: dict[str, ModelRoute]
+
+
+class _AccessFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scopes: dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class Route:
+    model: str
+    upstream_name: str
+    upstream: Upstream
+    max_instances: int
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path}: {exc}") from exc
+
+
+class RouteTable:
+    def __init__(self, routes: Mapping[str, Route]) -> None:
+        self._routes = dict(routes)
+
+    @classmethod
+    def load(cls, path: Path) -> RouteTable:
+        try:
+            parsed = _RoutesFile.model_validate(_read_toml(path))
+        except ValidationError as exc:
+            raise PolicyError(f"{path}: {exc}") from exc
+        routes: dict[str, Route] = {}
+        for model, route in parsed.models.items():
+            if not MODEL_NAME.fullmatch(model):
+                raise PolicyError(f"{path}: invalid model name {model!r}")
+            upstream = parsed.upstreams.get(route.upstream)
+            if upstream is None:
+                raise PolicyError(
+                    f"{path}: model {model!r} names unknown upstream {route.upstream!r}"
+                )
+            routes[model] = Route(model, route.upstream, upstream, route.max_instances)
+        return cls(routes)
+
+    def resolve(self, model: str) -> Route:
+        """The route for exactly this name, or 404."""
+        route = self._routes.get(model)
+        if route is None:
+            raise ModelNotFound(reason="model_unknown")
+        return route
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(self._routes)
+
+    def upstreams(self) -> dict[str, Upstream]:
+        return {r.upstream_name: r.upstream for r in self._routes.values()}
+
+
+class AccessPolicy:
+    """Deny by default (OWASP API5): a scope grants the models listed for it, nothing more."""
+
+    def __init__(self, grants: Mapping[str, frozenset[str]]) -> None:
+        self._grants = dict(grants)
+
+    @classmethod
+    def load(cls, path: Path, routes: RouteTable) -> AccessPolicy:
+        try:
+            parsed = _AccessFile.model_validate(_read_toml(path))
+        except ValidationError as exc:
+            raise PolicyError(f"{path}: {exc}") from exc
+        known = set(routes.models)
+        grants: dict[str, frozenset[str]] = {}
+        for scope, models in parsed.scopes.items():
+            unknown = sorted(set(models) - known - {WILDCARD})
+            if unknown:
+                raise PolicyError(f"{path}: scope {scope!r} grants unknown models {unknown}")
+            grants[scope] = frozenset(models)
+        return cls(grants)
+
+    def allows(self, principal: Principal, model: str) -> bool:
+        for scope in principal.scopes:
+            granted = self._grants.get(scope)
+            if granted is not None and (model in granted or WILDCARD in granted):
+                return True
+        return False
+
+    def authorize(self, principal: Principal, model: str) -> None:
+        if not self.allows(principal, model):
+            raise Forbidden(reason="scope_missing")

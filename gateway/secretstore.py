@@ -1,0 +1,227 @@
+"""The secret store seam, shaped like Azure Key Vault secrets.
+
+A secret has a name and versions; each version has a value, tags, ``enabled`` and
+optional ``not_before``/``expires_on``. API key generations are versions of one secret per
+client (value: the key digest; tags: scopes, owner), so rotation and revocation are the
+same operations on a laptop and on Key Vault.
+
+`LocalSecretStore` is the embedded backend: one JSON file, mode 0600, replaced
+atomically (write a temporary file, fsync, rename) so a reader never sees half a file and
+a crash never loses the previous content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class SecretVersion:
+    name: str
+    version: str
+    value: str = field(repr=False)
+    tags: Mapping[str, str]
+    enabled: bool
+    created_on: dt.datetime
+    expires_on: dt.datetime | None = None
+    not_before: dt.datetime | None = None
+
+    def usable(self, now: dt.datetime) -> bool:
+        """Enabled and inside its validity window."""
+        if not self.enabled:
+            return False
+        if self.expires_on is not None and now >= self.expires_on:
+            return False
+        return not (self.not_before is not None and now < self.not_before)
+
+
+class SecretStore(Protocol):
+    """What the gateway and the `scoregate keys` commands need from a secret store."""
+
+    async def list_names(self, prefix: str = "") -> list[str]: ...
+
+    async def versions(self, name: str) -> list[SecretVersion]:
+        """All versions of a secret, oldest first; empty when it does not exist."""
+        ...
+
+    async def set(
+        self,
+        name: str,
+        value: str,
+        *,
+        tags: Mapping[str, str],
+        expires_on: dt.datetime | None = None,
+    ) -> SecretVersion: ...
+
+    async def update(
+        self,
+        name: str,
+        version: str,
+        *,
+        enabled: bool | None = None,
+        expires_on: dt.datetime | None = None,
+    ) -> SecretVersion: ...
+
+    async def close(self) -> None: ...
+
+
+class SecretStoreError(Exception):
+    """The store is unreachable, unreadable or refused the operation."""
+
+
+def _dt(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+class LocalSecretStore:
+    """The embedded store: one JSON file beside the other generated state."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._cache: dict[str, list[SecretVersion]] = {}
+        self._lock = asyncio.Lock()
+
+    # -- reading ---------------------------------------------------------------
+    def _load(self) -> dict[str, list[SecretVersion]]:
+        """The whole store, re-read only when the file changed since the last read."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._cache = None, {}
+            return self._cache
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return self._cache
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SecretStoreError(f"cannot read secret store {self.path}: {exc}") from exc
+        store: dict[str, list[SecretVersion]] = {}
+        for name, versions in raw.get("secrets", {}).items():
+            store[name] = [
+                SecretVersion(
+                    name=name,
+                    version=v["version"],
+                    value=v["value"],
+                    tags=dict(v.get("tags", {})),
+                    enabled=bool(v["enabled"]),
+                    created_on=dt.datetime.fromisoformat(v["created_on"]),
+                    expires_on=_dt(v.get("expires_on")),
+                    not_before=_dt(v.get("not_before")),
+                )
+                for v in versions
+            ]
+        self._stamp, self._cache = stamp, store
+        return store
+
+    def _save(self, store: dict[str, list[SecretVersion]]) -> None:
+        doc: dict[str, Any] = {
+            "format": "scoregate-secrets/1",
+            "secrets": {
+                name: [
+                    {
+                        "version": v.version,
+                        "value": v.value,
+                        "tags": dict(v.tags),
+                        "enabled": v.enabled,
+                        "created_on": v.created_on.isoformat(),
+                        "expires_on": _iso(v.expires_on),
+                        "not_before": _iso(v.not_before),
+                    }
+                    for v in versions
+                ]
+                for name, versions in store.items()
+            },
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        # Created 0600: the file holds key digests and, later, signing keys.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        self._stamp = None  # force a re-read on the next load
+
+    # -- the SecretStore protocol -----------------------------------------------
+    async def list_names(self, prefix: str = "") -> list[str]:
+        store = await asyncio.to_thread(self._load)
+        return sorted(name for name in store if name.startswith(prefix))
+
+    async def versions(self, name: str) -> list[SecretVersion]:
+        store = await asyncio.to_thread(self._load)
+        return list(store.get(name, []))
+
+    async def set(
+        self,
+        name: str,
+        value: str,
+        *,
+        tags: Mapping[str, str],
+        expires_on: dt.datetime | None = None,
+    ) -> SecretVersion:
+        async with self._lock:
+            store = dict(self._load())
+            version = SecretVersion(
+                name=name,
+                version=secrets.token_hex(16),  # Key Vault versions are 32 hex characters
+                value=value,
+                tags=dict(tags),
+                enabled=True,
+                created_on=utcnow(),
+                expires_on=expires_on,
+            )
+            store[name] = [*store.get(name, []), version]
+            await asyncio.to_thread(self._save, store)
+            return version
+
+    async def update(
+        self,
+        name: str,
+        version: str,
+        *,
+        enabled: bool | None = None,
+        expires_on: dt.datetime | None = None,
+    ) -> SecretVersion:
+        async with self._lock:
+            store = dict(self._load())
+            versions = list(store.get(name, []))
+            for i, v in enumerate(versions):
+                if v.version == version:
+                    updated = SecretVersion(
+                        name=v.name,
+                        version=v.version,
+                        value=v.value,
+                        tags=v.tags,
+                        enabled=v.enabled if enabled is None else enabled,
+                        created_on=v.created_on,
+                        expires_on=v.expires_on if expires_on is None else expires_on,
+                        not_before=v.not_before,
+                    )
+                    versions[i] = updated
+                    store[name] = versions
+                    await asyncio.to_thread(self._save, store)
+                    return updated
+        raise SecretStoreError(f"secret {name!r} has no version {version!r}")
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,95 @@
+"""Build the gateway from settings and serve it with Hypercorn over our own TLS context."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from gateway import tls
+from gateway.app import Gateway, create_app
+from gateway.audit import AuditTrail, FileSink
+from gateway.forward import Forwarder
+from gateway.keyring import KeyRing
+from gateway.policy import AccessPolicy, RouteTable
+from gateway.secretstore import LocalSecretStore
+from gateway.settings import GatewaySettings
+
+
+class TLSConfig(Config):
+    """Hypercorn config that serves our `ssl.SSLContext` instead of building its own.
+
+    Hypercorn's `create_ssl_context` resets the options and pins its own ciphers; ours
+    follows Mozilla's profiles exactly (see `gateway.tls`).
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__()
+        self._context = context
+
+    def create_ssl_context(self) -> ssl.SSLContext:
+        return self._context
+
+
+def build_gateway(settings: GatewaySettings) -> Gateway:
+    routes = RouteTable.load(settings.routes_file)
+    store = LocalSecretStore(settings.store_path)
+    return Gateway(
+        settings=settings,
+        store=store,
+        keys=KeyRing(store, refresh_interval_s=settings.key_refresh_interval_s),
+        routes=routes,
+        access=AccessPolicy.load(settings.access_policy_file, routes),
+        forwarder=Forwarder(max_response_bytes=settings.max_response_bytes),
+        audit=AuditTrail(
+            FileSink(settings.audit_file, fsync=settings.audit_fsync),
+            queue_size=settings.audit_queue_size,
+        ),
+    )
+
+
+def hypercorn_config(settings: GatewaySettings) -> Config:
+    context = tls.server_context(
+        settings.cert_path, settings.key_path, profile=settings.tls_profile
+    )
+    config = TLSConfig(context)
+    config.bind = [f"{settings.host}:{settings.port}"]
+    # Hypercorn serves TLS only when these are set; the files are the ones in our context.
+    config.certfile = str(settings.cert_path)
+    config.keyfile = str(settings.key_path)
+    config.alpn_protocols = tls.ALPN
+    config.include_server_header = False  # no banner naming the software
+    config.ssl_handshake_timeout = settings.handshake_timeout_s
+    config.keep_alive_timeout = settings.keep_alive_timeout_s
+    config.read_timeout = settings.read_timeout_s
+    config.h11_max_incomplete_size = settings.max_header_bytes
+    config.h2_max_header_list_size = settings.max_header_bytes
+    config.graceful_timeout = 10.0
+    config.accesslog = None  # the audit trail is the access record
+    config.errorlog = "-"
+    config.loglevel = settings.log_level
+    return config
+
+
+async def _serve(settings: GatewaySettings) -> None:
+    config = hypercorn_config(settings)
+    app = create_app(build_gateway(settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(app, config, shutdown_trigger=stop.wait)
+
+
+def run(settings: GatewaySettings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        asyncio.run(_serve(settings))
+    else:
+        uvloop.run(_serve(settings))

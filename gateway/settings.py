@@ -1,0 +1,78 @@
+"""Gateway settings: one frozen object built in the entry point and passed down.
+
+Every value can come from the environment (prefix ``SCOREGATE_``); unknown keys are
+rejected so a mistyped setting fails the start instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KIB = 1024
+MIB = 1024 * KIB
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SCOREGATE_", extra="forbid", frozen=True)
+
+    # Where generated state lives on a laptop: certificates, secret store, audit log, models.
+    state_dir: Path = Path("var")
+
+    # Listener.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=1, le=65535)
+    tls_cert: Path | None = None  # default: <state_dir>/certs/gateway.pem
+    tls_key: Path | None = None  # default: <state_dir>/certs/gateway.key
+    tls_profile: Literal["intermediate", "modern"] = "intermediate"
+    hsts_max_age_s: int = Field(default=63_072_000, ge=0)  # two years, Mozilla's advice
+
+    # Connection and request limits (units in the names).
+    handshake_timeout_s: float = Field(default=5.0, gt=0)
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: int = Field(default=10, gt=0)
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    max_header_bytes: int = Field(default=16 * KIB, ge=1 * KIB)
+    max_body_bytes: int = Field(default=1 * MIB, ge=1)
+    max_response_bytes: int = Field(default=8 * MIB, ge=1)
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=5)
+
+    # Policies.
+    routes_file: Path = REPO_ROOT / "policies" / "routes.toml"
+    access_policy_file: Path = REPO_ROOT / "policies" / "access.toml"
+
+    # Secrets.
+    secret_store: Literal["local"] = "local"  # noqa: S105 - a backend name
+    local_store_path: Path | None = None  # default: <state_dir>/secrets.json
+    key_refresh_interval_s: float = Field(default=2.0, gt=0)
+
+    # Audit.
+    audit_path: Path | None = None  # default: <state_dir>/audit/audit.jsonl
+    audit_queue_size: int = Field(default=10_000, ge=1)
+    audit_fsync: bool = False
+
+    log_level: str = "WARNING"
+
+    @property
+    def cert_path(self) -> Path:
+        return self.tls_cert or self.state_dir / "certs" / "gateway.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return self.tls_key or self.state_dir / "certs" / "gateway.key"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.state_dir / "certs" / "ca.pem"
+
+    @property
+    def store_path(self) -> Path:
+        return self.local_store_path or self.state_dir / "secrets.json"
+
+    @property
+    def audit_file(self) -> Path:
+        return self.audit_path or self.state_dir / "audit" / "audit.jsonl"

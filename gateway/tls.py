@@ -1,0 +1,61 @@
+"""The gateway's TLS server context, built here and nowhere else.
+
+Hypercorn's own context pins TLS 1.2 as the minimum and overwrites the options, so we
+build ours (Mozilla Server Side TLS 6.0) and hand it to Hypercorn (`server.py`).
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Literal
+
+# Mozilla "intermediate": TLS 1.2 with these AEAD ECDHE suites (forward secrecy only);
+# TLS 1.3 suites are OpenSSL's defaults, which are exactly Mozilla's list.
+INTERMEDIATE_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+ALPN = ["h2", "http/1.1"]
+
+
+def server_context(
+    cert: Path,
+    key: Path,
+    *,
+    profile: Literal["intermediate", "modern"] = "intermediate",
+    client_ca: Path | None = None,
+) -> ssl.SSLContext:
+    """A server context for the profile; with ``client_ca``, client certificates are required."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    # Mozilla intermediate: TLS 1.2 and 1.3; modern: TLS 1.3 only. SSLv3/TLS 1.0/1.1 are
+    # deprecated by RFC 8996.
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if profile == "modern" else ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(INTERMEDIATE_CIPHERS)
+    # No TLS compression (CRIME; RFC 7540 §9.2.1 forbids it for HTTP/2), no
+    # renegotiation, fresh ECDH keys per handshake; no session tickets, as Mozilla
+    # advises (tickets undermine forward secrecy unless their keys rotate).
+    ctx.options |= (
+        ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE | ssl.OP_NO_TICKET
+    )
+    # Mozilla: with only strong suites on offer, let the client pick (mobile CHACHA20).
+    ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.set_alpn_protocols(ALPN)
+    ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=str(client_ca))
+    return ctx
+
+
+def client_context(ca: Path) -> ssl.SSLContext:
+    """A client context that trusts only ``ca`` (the dev CA), with hostname checks on."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx

@@ -1,0 +1,179 @@
+"""Open Inference Protocol (KServe v2) and v1 ``instances`` payloads ⇄ numpy arrays.
+
+Pure functions, no I/O: the REST layer hands in parsed JSON and gets arrays or a typed
+error back. Validation follows the model's input spec (shape, datatype, batch size,
+finite values), so malformed input is a 422 and never reaches the model (OWASP API8).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from scorer.errors import InvalidInput, PayloadTooLarge
+from scorer.repository import ModelSettings, TensorSpec
+
+NUMPY_DTYPES: dict[str, type[np.generic]] = {
+    "BOOL": np.bool_,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+# Datatypes a client may send for a model whose input is float: ints widen losslessly.
+_NUMERIC = {"INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"}
+
+
+def _batch_checked(array: np.ndarray[Any, Any], spec: TensorSpec, settings: ModelSettings) -> None:
+    if array.ndim != len(spec.shape):
+        raise InvalidInput(f"input must have {len(spec.shape)} dimensions, got {array.ndim}")
+    for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
+        if want != -1 and want != got:
+            raise InvalidInput(f"input dimension {axis} must be {want}, got {got}")
+    if array.shape[0] == 0:
+        raise InvalidInput("the batch is empty")
+    if array.shape[0] > settings.max_batch:
+        raise PayloadTooLarge(
+            f"batch of {array.shape[0]} exceeds this model's maximum of {settings.max_batch}"
+        )
+    if array.dtype.kind == "f" and not spec.allow_nan and not np.isfinite(array).all():
+        raise InvalidInput("input contains NaN or infinite values")
+
+
+def _to_array(data: Any, datatype: str, spec: TensorSpec) -> np.ndarray[Any, Any]:
+    if spec.datatype == "BYTES" or datatype == "BYTES":
+        raise InvalidInput("BYTES inputs are not supported by this model")
+    if datatype not in NUMPY_DTYPES:
+        raise InvalidInput(f"unknown datatype {datatype!r}")
+    compatible = datatype == spec.datatype or (
+        datatype in _NUMERIC and spec.datatype.startswith("FP")
+    )
+    if not compatible:
+        raise InvalidInput(f"datatype must be {spec.datatype}, got {datatype}")
+    try:
+        # Elements must be numbers (or bools for BOOL): strings and objects are refused,
+        # never coerced, so "1e309" or {"a": 1} cannot sneak through.
+        raw = np.asarray(data)
+    except (ValueError, TypeError):
+        raise InvalidInput("input data is ragged or not numeric") from None
+    if raw.dtype.kind not in "biuf" or (raw.dtype.kind == "b" and datatype != "BOOL"):
+        raise InvalidInput("input data must be numbers")
+    if raw.dtype.kind == "f" and datatype.startswith("INT"):
+        raise InvalidInput(f"datatype {datatype} needs integer data")
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            return raw.astype(NUMPY_DTYPES[spec.datatype], casting="unsafe")
+    except FloatingPointError:
+        raise InvalidInput("input value out of range for the datatype") from None
+
+
+def decode_v2(body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
+    """The model's input array from a v2 ``InferenceRequest``."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        raise InvalidInput("'inputs' must be a list with exactly one tensor")
+    tensor = inputs[0]
+    if not isinstance(tensor, dict):
+        raise InvalidInput("each input must be an object")
+    shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise InvalidInput("'shape' must be a list of non-negative integers")
+    if not isinstance(datatype, str):
+        raise InvalidInput("'datatype' must be a string")
+    if not isinstance(data, list):
+        raise InvalidInput("'data' must be a list")
+    spec = settings.input
+    if len(shape) != len(spec.shape):
+        raise InvalidInput(f"'shape' must have {len(spec.shape)} dimensions, got {len(shape)}")
+    if shape[0] > settings.max_batch:
+        raise PayloadTooLarge(
+            f"batch of {shape[0]} exceeds this model's maximum of {settings.max_batch}"
+        )
+    array = _to_array(data, datatype, spec)
+    if array.size != math.prod(shape):
+        raise InvalidInput(
+            f"'data' has {array.size} elements, 'shape' {shape} needs {math.prod(shape)}"
+        )
+    array = array.reshape(shape)
+    _batch_checked(array, spec, settings)
+    return array
+
+
+def decode_v1(body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
+    """The model's input array from a v1 ``{"instances": [...]}`` request."""
+    if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
+        raise InvalidInput("the body must be an object with an 'instances' list")
+    instances = body["instances"]
+    if len(instances) > settings.max_batch:
+        raise PayloadTooLarge(
+            f"batch of {len(instances)} exceeds this model's maximum of {settings.max_batch}"
+        )
+    array = _to_array(instances, settings.input.datatype, settings.input)
+    _batch_checked(array, settings.input, settings)
+    return array
+
+
+def _datatype_of(array: np.ndarray[Any, Any]) -> str:
+    if array.dtype.kind in "USO":
+        return "BYTES"
+    for name, dtype in NUMPY_DTYPES.items():
+        if array.dtype == np.dtype(dtype):
+            return name
+    return "FP64"
+
+
+def _jsonable(array: np.ndarray[Any, Any]) -> list[Any]:
+    if array.dtype.kind in "USO":
+        return [str(x) for x in array.reshape(-1)]
+    return array.reshape(-1).tolist()
+
+
+def encode_v2(
+    outputs: dict[str, np.ndarray[Any, Any]], settings: ModelSettings, request_id: str | None
+) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "model_name": settings.name,
+        "model_version": settings.version,
+        "outputs": [
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": _datatype_of(array),
+                "data": _jsonable(array),
+            }
+            for name, array in outputs.items()
+        ],
+    }
+    if request_id is not None:
+        response["id"] = request_id
+    return response
+
+
+def encode_v1(outputs: dict[str, np.ndarray[Any, Any]]) -> dict[str, Any]:
+    predictions = outputs["predict"]
+    if predictions.dtype.kind in "USO":
+        return {"predictions": [str(x) for x in predictions]}
+    return {"predictions": predictions.tolist()}
+
+
+def metadata(settings: ModelSettings, outputs: tuple[str, ...]) -> dict[str, Any]:
+    spec = settings.input
+    return {
+        "name": settings.name,
+        "versions": [settings.version],
+        "platform": settings.runtime,
+        "inputs": [{"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}],
+        "outputs": [{"name": name} for name in outputs],
+        "parameters": {"max_batch": settings.max_batch},
+    }

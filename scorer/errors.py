@@ -1,0 +1,52 @@
+"""Errors the scorer can end a request with.
+
+    ScorerError (status, code, safe message)
+     ├── InvalidInput        422  the body is not a valid inference request for this model
+     ├── PayloadTooLarge     413  body or batch over the configured limit
+     ├── ModelNotFound       404  no model of that name in the repository
+     ├── ModelNotReady       503  known, but not loaded (yet)
+     └── InternalError       500  anything else; the message never carries exception text
+
+Load-time problems are `ArtifactError` (digest mismatch, untrusted types, bad settings):
+they stop the scorer from starting with a clear message, and are never sent to clients.
+"""
+
+from __future__ import annotations
+
+
+class ScorerError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str = "internal error") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ScorerError):
+    status = 422
+    code = "invalid_input"
+
+
+class PayloadTooLarge(ScorerError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ModelNotFound(ScorerError):
+    status = 404
+    code = "model_not_found"
+
+
+class ModelNotReady(ScorerError):
+    status = 503
+    code = "model_not_ready"
+
+
+class InternalError(ScorerError):
+    status = 500
+    code = "internal_error"
+
+
+class ArtifactError(Exception):
+    """A model artifact or its settings cannot be trusted or loaded."""

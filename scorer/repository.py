@@ -1,0 +1,107 @@
+"""The model repository: one folder per model, each with a ``model-settings.toml``.
+
+    var/models/
+      iris/
+        model-settings.toml   name, runtime, artifact, sha256, input schema, max batch
+        model.skops
+
+Settings are validated strictly (unknown keys rejected) so a typo cannot silently turn a
+check off.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from scorer.errors import ArtifactError
+
+SETTINGS_FILE = "model-settings.toml"
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+Datatype = Literal["BOOL", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
+
+
+class TensorSpec(BaseModel):
+    """One named tensor: Open Inference Protocol datatype and shape (-1 = any size)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "input-0"
+    datatype: Datatype = "FP64"
+    shape: tuple[int, ...]
+    allow_nan: bool = False
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not shape or any(d == 0 or d < -1 for d in shape):
+            raise ValueError("shape needs at least one dimension, each > 0 or -1")
+        return shape
+
+
+class ModelSettings(BaseModel):
+    """What `model-settings.toml` holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    runtime: Literal["sklearn", "torch"]
+    artifact: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    format: Literal["skops", "joblib", "torchscript", "torch-export"] = "skops"
+    version: str = "1"
+    max_batch: int = Field(default=64, ge=1, le=65536)
+    input: TensorSpec
+    # skops: the exact non-default types the artifact may contain, pinned at export time.
+    trusted_types: tuple[str, ...] = ()
+    device: str = "auto"
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not MODEL_NAME.fullmatch(name):
+            raise ValueError(f"model name must match {MODEL_NAME.pattern}")
+        return name
+
+    @field_validator("artifact")
+    @classmethod
+    def _artifact(cls, artifact: str) -> str:
+        # The artifact lives inside the model folder: no absolute paths, no `..`.
+        path = Path(artifact)
+        if path.is_absolute() or ".." in path.parts or not path.parts:
+            raise ValueError("artifact must be a relative path inside the model folder")
+        return artifact
+
+
+def read_model_settings(folder: Path) -> ModelSettings:
+    path = folder / SETTINGS_FILE
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+        settings = ModelSettings.model_validate(data)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing") from None
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise ArtifactError(f"{path}: {exc}") from exc
+    if settings.name != folder.name:
+        raise ArtifactError(f"{path}: name {settings.name!r} differs from folder {folder.name!r}")
+    return settings
+
+
+def discover(repository: Path, runtimes: tuple[str, ...]) -> list[tuple[Path, ModelSettings]]:
+    """Every model folder of the repository whose runtime this process serves, by name."""
+    if not repository.is_dir():
+        raise ArtifactError(f"model repository {repository} does not exist")
+    found = []
+    for folder in sorted(p for p in repository.iterdir() if p.is_dir()):
+        if not (folder / SETTINGS_FILE).exists():
+            continue
+        settings = read_model_settings(folder)
+        if settings.runtime in runtimes:
+            found.append((folder, settings))
+    return found

@@ -1,0 +1,31 @@
+"""The runtime seam: one class per framework, each loading and running one model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from scorer.repository import ModelSettings
+
+
+class Runtime(Protocol):
+    """A loaded model. ``predict`` is blocking: callers run it off the event loop."""
+
+    settings: ModelSettings
+
+    def predict(self, batch: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        """Named outputs, each with the batch as its first dimension."""
+        ...
+
+
+def load_runtime(folder: Path, settings: ModelSettings) -> Runtime:
+    """Build the runtime a model's settings name; imports the framework only when needed."""
+    if settings.runtime == "sklearn":
+        from scorer.runtimes.sklearn import SklearnRuntime
+
+        return SklearnRuntime.load(folder, settings)
+    from scorer.errors import ArtifactError
+
+    raise ArtifactError(f"runtime {settings.runtime!r} is not available in this scorer")

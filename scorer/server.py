@@ -1,0 +1,57 @@
+"""Start a scorer: load every model of the repository for this process's runtimes, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from scorer.app import create_app
+from scorer.repository import discover
+from scorer.runtime import Runtime, load_runtime
+from scorer.settings import ScorerSettings
+
+log = logging.getLogger("scorer")
+
+
+def load_models(settings: ScorerSettings) -> dict[str, Runtime]:
+    """Load every model; any digest mismatch or bad settings stops the start (ArtifactError)."""
+    return {
+        model.name: load_runtime(folder, model)
+        for folder, model in discover(settings.repository, settings.runtimes)
+    }
+
+
+def hypercorn_config(settings: ScorerSettings) -> Config:
+    config = Config()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.include_server_header = False
+    config.keep_alive_timeout = settings.keep_alive_timeout_s
+    config.accesslog = None
+    config.errorlog = "-"
+    config.loglevel = settings.log_level
+    return config
+
+
+async def _serve(settings: ScorerSettings) -> None:
+    models = load_models(settings)
+    log.warning("scorer serving %s on %s:%s", sorted(models), settings.host, settings.port)
+    app = create_app(models, max_body_bytes=settings.max_body_bytes)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(app, hypercorn_config(settings), shutdown_trigger=stop.wait)
+
+
+def run(settings: ScorerSettings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        asyncio.run(_serve(settings))
+    else:
+        uvloop.run(_serve(settings))

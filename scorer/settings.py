@@ -1,0 +1,26 @@
+"""Scorer process settings: built once in the entry point and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class ScorerSettings(BaseSettings):
+    """Settings of one scorer process (env prefix ``SCOREGATE_SCORER_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SCOREGATE_SCORER_", extra="forbid", frozen=True)
+
+    repository: Path = Path("var/models")
+    # Which runtimes this process serves: the CPU scorer takes sklearn, the GPU scorer torch.
+    runtimes: tuple[str, ...] = ("sklearn",)
+    host: str = "127.0.0.1"
+    port: int = Field(default=9001, ge=1, le=65535)
+    max_body_bytes: int = Field(default=4 * MIB, ge=1)
+    keep_alive_timeout_s: float = Field(default=75.0, gt=0)
+    log_level: str = "WARNING"
