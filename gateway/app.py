@@ -163,16 +163,44 @@ def create_app(gw: Gateway) -> Quart:
         g.decision = "deny"
         g.reason = "ok"
         g.bytes_in = 0
+        g.body_read = False
         g.payload_sha256 = None
         context.reject_credentials_in_query(request.args)
+        if "transfer-encoding" in request.headers and "content-length" in request.headers:
+            # RFC 9112 §6.1: both framings at once is how requests are smuggled past a
+            # proxy; refuse rather than pick one, and close the connection after answering.
+            g.close_connection = True
+            raise BadRequest("ambiguous message framing", reason="ambiguous_framing")
         if not gw.audit.accepting:
             # Fail closed: no request is served that cannot be audited.
             raise AuditUnavailable(reason="audit_unavailable")
 
+    async def read_body() -> bytes:
+        g.body_read = True
+        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        g.bytes_in = len(body)
+        return body
+
+    async def drain_unread_body() -> None:
+        """Read what the client sent before answering it with an early error.
+
+        Answering an HTTP/2 stream before its body has arrived makes Hypercorn 0.18 drop
+        the whole connection when the late DATA frames come in (pgjones/hypercorn#334),
+        which would take the client's other streams with it. The read is bounded by the
+        body size limit and timeout like any other.
+        """
+        if g.get("body_read", True):
+            return
+        with contextlib.suppress(HTTPException, asyncio.TimeoutError, ConnectionError):
+            await read_body()
+
     @app.after_request
     async def _finish(response: Response) -> Response:
+        await drain_unread_body()
         response.headers.update(security_headers)
         response.headers["X-Request-Id"] = g.request_id
+        if g.get("close_connection") and request.http_version.startswith("1"):
+            response.headers["Connection"] = "close"
         principal = g.principal
         rule = request.url_rule
         gw.audit.record(
@@ -269,8 +297,7 @@ def create_app(gw: Gateway) -> Quart:
 
     async def score(model: str, kind: str, path: str) -> Response:
         route = await admit(model)
-        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        g.bytes_in = len(body)
+        body = await read_body()
         g.payload_sha256 = hashlib.sha256(body).hexdigest()
         try:
             parsed = orjson.loads(body)

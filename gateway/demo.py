@@ -123,7 +123,12 @@ def run_demo(
     routes = state / "demo-routes.toml"
     _write_routes(routes, scorer_port)
 
-    env = {**os.environ, "SCOREGATE_STATE_DIR": str(state), "SCOREGATE_ROUTES_FILE": str(routes)}
+    env = {
+        **os.environ,
+        "SCOREGATE_STATE_DIR": str(state),
+        "SCOREGATE_ROUTES_FILE": str(routes),
+        "SCOREGATE_PORT": str(settings.port),
+    }
     env.setdefault("PYTHONUNBUFFERED", "1")
     logs = state / "logs"
     processes = [

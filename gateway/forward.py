@@ -49,7 +49,8 @@ class Forwarder:
             # The gateway decides what reaches the scorer: no cookies kept or sent.
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
+            # We read bodies raw and bounded, so we ask for no compression.
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
 
     def _started(self) -> aiohttp.ClientSession:

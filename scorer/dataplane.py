@@ -29,6 +29,17 @@ NUMPY_DTYPES: dict[str, type[np.generic]] = {
 _NUMERIC = {"INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"}
 
 
+def _has_bool(data: Any) -> bool:
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif item is True or item is False:
+            return True
+    return False
+
+
 def _batch_checked(array: np.ndarray[Any, Any], spec: TensorSpec, settings: ModelSettings) -> None:
     if array.ndim != len(spec.shape):
         raise InvalidInput(f"input must have {len(spec.shape)} dimensions, got {array.ndim}")
@@ -63,8 +74,15 @@ def _to_array(data: Any, datatype: str, spec: TensorSpec) -> np.ndarray[Any, Any
         raise InvalidInput("input data is ragged or not numeric") from None
     if raw.dtype.kind not in "biuf" or (raw.dtype.kind == "b" and datatype != "BOOL"):
         raise InvalidInput("input data must be numbers")
+    if datatype != "BOOL" and _has_bool(data):
+        # numpy would quietly turn `true` into 1.0 next to numbers: a type error, refused.
+        raise InvalidInput("input data must be numbers")
     if raw.dtype.kind == "f" and datatype.startswith("INT"):
         raise InvalidInput(f"datatype {datatype} needs integer data")
+    if datatype.startswith("INT") and raw.size:
+        bounds = np.iinfo(np.dtype(NUMPY_DTYPES[datatype]))
+        if raw.min() < bounds.min or raw.max() > bounds.max:
+            raise InvalidInput(f"input value out of range for {datatype}")
     try:
         with np.errstate(over="raise", invalid="raise"):
             return raw.astype(NUMPY_DTYPES[spec.datatype], casting="unsafe")

@@ -1,0 +1,239 @@
+"""Shared fixtures: a real dev PKI, a really trained model, and the real stack in processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from certs.authority import CertPaths, create_ca, issue
+from gateway import keyadmin
+from gateway.keyring import secret_name
+from gateway.secretstore import LocalSecretStore, utcnow
+from gateway.tls import client_context
+from scorer.demo import train_iris
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
+    paths = CertPaths(tmp_path_factory.mktemp("pki"))
+    create_ca(paths)
+    issue(paths, "gateway")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo iris model, trained for real, plus a copy under a second name."""
+    repo = tmp_path_factory.mktemp("models")
+    train_iris(repo)
+    copy = repo / "iris-copy"
+    shutil.copytree(repo / "iris", copy)
+    settings = copy / "model-settings.toml"
+    settings.write_text(settings.read_text().replace('name = "iris"', 'name = "iris-copy"'))
+    return repo
+
+
+def write_routes(
+    path: Path, scorer_url: str, models: tuple[str, ...] = ("iris", "iris-copy")
+) -> Path:
+    lines = [f'[upstreams.cpu]\nurl = "{scorer_url}"\ntimeout_s = 2.0\nconnect_timeout_s = 0.5\n']
+    lines += [f'[models."{m}"]\nupstream = "cpu"\nmax_instances = 8\n' for m in models]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_access(path: Path) -> Path:
+    path.write_text(
+        '[scopes]\n"models:iris" = ["iris"]\n"models:copy" = ["iris-copy"]\n"models:all" = ["*"]\n'
+    )
+    return path
+
+
+@dataclass
+class Keys:
+    iris: str
+    copy_only: str
+    unscoped: str
+    revoked: str
+    expired: str
+    ids: dict[str, str] = field(default_factory=dict)
+
+
+async def make_keys(store_path: Path) -> Keys:
+    store = LocalSecretStore(store_path)
+    made = {}
+    for name, scopes in {
+        "iris": ["models:iris"],
+        "copy_only": ["models:copy"],
+        "unscoped": ["models:none"],
+        "revoked": ["models:iris"],
+        "expired": ["models:iris"],
+    }.items():
+        made[name] = await keyadmin.create(store, owner=f"test-{name}", scopes=scopes)
+    await keyadmin.revoke(store, made["revoked"].generation.key_id)
+    expired = made["expired"].generation
+    await store.update(
+        secret_name(expired.key_id), expired.version, expires_on=utcnow().replace(year=2020)
+    )
+    return Keys(
+        **{name: issued.key for name, issued in made.items()},
+        ids={name: issued.generation.key_id for name, issued in made.items()},
+    )
+
+
+@dataclass
+class Stack:
+    """A real scorer and a real gateway, each in its own process, over real sockets."""
+
+    base_url: str
+    ca: Path
+    state: Path
+    keys: Keys
+    procs: dict[str, subprocess.Popen[bytes]]
+    scorer_url: str
+
+    @property
+    def audit_file(self) -> Path:
+        return self.state / "audit" / "audit.jsonl"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return client_context(self.ca)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, verify=self.ssl_context(), timeout=10, **kwargs)
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        if not self.audit_file.exists():
+            return []
+        return [orjson.loads(line) for line in self.audit_file.read_bytes().splitlines()]
+
+    def audit_for(self, request_id: str, timeout_s: float = 3.0) -> dict[str, Any]:
+        """The audit record of one request (the writer is asynchronous: poll briefly)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [r for r in self.audit_records() if r["request_id"] == request_id]
+            if found:
+                assert len(found) == 1, f"{len(found)} records for {request_id}"
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no audit record for request {request_id}")
+
+
+def _log_tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+def wait_ready(
+    url: str, ctx: ssl.SSLContext | None, procs: dict[str, subprocess.Popen[bytes]], logs: Path
+) -> None:
+    deadline = time.monotonic() + 60
+    with httpx.Client(verify=ctx if ctx is not None else True, timeout=2) as client:
+        while time.monotonic() < deadline:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited {proc.returncode}: {_log_tail(logs / f'{name}.log')}"
+                    )
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready: {[_log_tail(logs / f'{n}.log') for n in procs]}")
+
+
+def start(name: str, args: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{name}.log").open("wb") as fh:
+        return subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def gateway_env(state: Path, routes: Path, access: Path, port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREGATE_")}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        SCOREGATE_STATE_DIR=str(state),
+        SCOREGATE_ROUTES_FILE=str(routes),
+        SCOREGATE_ACCESS_POLICY_FILE=str(access),
+        SCOREGATE_PORT=str(port),
+        SCOREGATE_KEY_REFRESH_INTERVAL_S="0.3",
+        SCOREGATE_LOG_LEVEL="INFO",
+        **extra,
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, pki: CertPaths, model_repo: Path
+) -> Iterator[Stack]:
+    state = tmp_path_factory.mktemp("state")
+    shutil.copytree(pki.root, state / "certs")
+    keys = asyncio.run(make_keys(state / "secrets.json"))
+    scorer_port, gateway_port = free_port(), free_port()
+    scorer_url = f"http://127.0.0.1:{scorer_port}"
+    routes = write_routes(state / "routes.toml", scorer_url)
+    access = write_access(state / "access.toml")
+    env = gateway_env(state, routes, access, gateway_port)
+    logs = state / "logs"
+    procs = {
+        "scorer": start(
+            "scorer",
+            [
+                sys.executable,
+                "-m",
+                "scorer",
+                "serve",
+                "--repository",
+                str(model_repo),
+                "--port",
+                str(scorer_port),
+            ],
+            env,
+            logs,
+        ),
+        "gateway": start("gateway", [sys.executable, "-m", "gateway", "serve"], env, logs),
+    }
+    base = f"https://localhost:{gateway_port}"
+    try:
+        wait_ready(
+            f"{base}/v2/health/ready", client_context(state / "certs" / "ca.pem"), procs, logs
+        )
+        yield Stack(base, state / "certs" / "ca.pem", state, keys, procs, scorer_url)
+    finally:
+        stop(procs)

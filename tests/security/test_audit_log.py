@@ -1,0 +1,178 @@
+"""Audit log (SECURITY-CATALOG.md), against the live gateway and the `scoregate` command."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway.audit import AuditTrail, verify
+from gateway.server import build_gateway
+from gateway.settings import GatewaySettings
+from tests.conftest import ROOT, Stack, write_access, write_routes
+from tests.unit.test_audit import FlakySink
+
+ROWS = [[5.1, 3.5, 1.4, 0.2]]
+
+
+@pytest.mark.e2e
+def test_every_request_has_exactly_one_record_under_concurrent_load(stack: Stack) -> None:
+    before = len(stack.audit_records())
+    keys = [stack.keys.iris, stack.keys.unscoped, "bad", stack.keys.revoked]
+
+    def worker(n: int) -> list[str]:
+        ids = []
+        with stack.client(http2=n % 2 == 0) as client:
+            for i in range(25):
+                r = client.post(
+                    "/v1/models/iris:predict",
+                    json={"instances": ROWS},
+                    headers={"api-key": keys[i % 4]},
+                )
+                ids.append(r.headers["x-request-id"])
+        return ids
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = [rid for batch in pool.map(worker, range(8)) for rid in batch]
+    assert len(set(ids)) == 200
+    for rid in ids[-5:]:
+        stack.audit_for(rid)
+    records = stack.audit_records()[before:]
+    seen = [r["request_id"] for r in records if r["request_id"] in set(ids)]
+    assert sorted(seen) == sorted(ids)  # each exactly once
+    assert verify([stack.audit_file]).ok
+
+
+@pytest.mark.e2e
+def test_no_token_key_secret_or_payload_in_records(stack: Stack) -> None:
+    marker = 4.123456789
+    with stack.client() as client:
+        r = client.post(
+            "/v1/models/iris:predict",
+            json={"instances": [[marker, 3.5, 1.4, 0.2]]},
+            headers={"api-key": stack.keys.iris},
+        )
+    record = stack.audit_for(r.headers["x-request-id"])
+    text = stack.audit_file.read_text()
+    for key in (
+        stack.keys.iris,
+        stack.keys.unscoped,
+        stack.keys.revoked,
+        stack.keys.expired,
+        stack.keys.copy_only,
+    ):
+        assert key not in text
+        assert key.split("_")[2] not in text
+    assert str(marker) not in text
+    assert len(record["payload_sha256"]) == 64  # a digest of the payload, not the payload
+
+
+@pytest.mark.e2e
+def test_hostile_strings_cannot_split_or_forge_records(stack: Stack) -> None:
+    forged = '","decision":"allow","x":"'
+    before = len(stack.audit_records())
+    with stack.client() as client:
+        responses = [
+            client.post(
+                "/v1/models/ir%0Ais:predict",
+                json={"instances": ROWS},
+                headers={"api-key": stack.keys.iris},
+            ),
+            client.post(
+                f"/v1/models/{forged}:predict",
+                json={"instances": ROWS},
+                headers={"api-key": stack.keys.iris},
+            ),
+            client.get(
+                "/x%0D%0A%7B%22seq%22%3A1%7D", headers={"x-request-id": 'abcdefgh\\"}{"seq":1'}
+            ),
+            client.get("/v2/health/live", headers={"x-request-id": forged}),
+        ]
+    for r in responses:
+        stack.audit_for(r.headers["x-request-id"])
+    records = stack.audit_records()
+    assert len(records) == before + 4
+    assert all(set(rec) >= {"seq", "hash", "prev"} for rec in records)
+    assert verify([stack.audit_file]).ok
+    assert all(rec["decision"] == "deny" for rec in records[before : before + 3])
+
+
+def tamper(path: Path, how: str) -> None:
+    lines = path.read_bytes().splitlines()
+    if how == "delete":
+        del lines[2]
+    elif how == "edit":
+        record = orjson.loads(lines[2])
+        record["decision"] = "allow" if record["decision"] == "deny" else "deny"
+        lines[2] = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    elif how == "reorder":
+        lines[2], lines[3] = lines[3], lines[2]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("how", ["delete", "edit", "reorder"])
+def test_tampering_is_detected_by_scoregate_audit_verify(
+    stack: Stack, tmp_path: Path, how: str
+) -> None:
+    with stack.client() as client:
+        for _ in range(4):
+            r = client.post("/v1/models/iris:predict", json={"instances": ROWS})
+    stack.audit_for(r.headers["x-request-id"])
+    copy = tmp_path / "audit.jsonl"
+    copy.write_bytes(stack.audit_file.read_bytes())
+    good = subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", "verify", str(copy)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert good.returncode == 0
+    tamper(copy, how)
+    bad = subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", "verify", str(copy)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert f"{copy}:3" in bad.stdout or f"{copy}:4" in bad.stdout
+
+
+async def test_failing_sink_fails_closed_with_503_and_loses_nothing(tmp_path: Path) -> None:
+    from gateway.app import create_app
+
+    settings = GatewaySettings(
+        state_dir=tmp_path,
+        routes_file=write_routes(tmp_path / "routes.toml", "http://127.0.0.1:9"),
+        access_policy_file=write_access(tmp_path / "access.toml"),
+    )
+    gw = build_gateway(settings)
+    gw.audit.close()
+    sink = FlakySink(failures=3)  # fails like a full disk, three times, then recovers
+    gw.audit = AuditTrail(sink, queue_size=100)
+    app = create_app(gw)
+    statuses: list[int] = []
+    ids: list[str] = []
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        for _ in range(200):
+            r = await client.get("/v2/health/live")
+            statuses.append(r.status_code)
+            ids.append(r.headers["x-request-id"])
+            if 503 in statuses and statuses[-1] == 200:
+                break
+            await asyncio.sleep(0.02)
+    assert statuses[0] == 200
+    assert 503 in statuses  # failed closed while the sink failed
+    assert statuses[-1] == 200  # and served again once it recovered
+    written = [orjson.loads(line)["request_id"] for line in sink.lines]
+    assert sorted(written) == sorted(ids)  # every request, the refused ones too, exactly once
+    assert gw.audit.lost == 0

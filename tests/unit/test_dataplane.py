@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from scorer import dataplane
+from scorer.errors import InvalidInput, PayloadTooLarge
+from scorer.repository import ModelSettings, TensorSpec
+
+SETTINGS = ModelSettings(
+    name="iris",
+    runtime="sklearn",
+    artifact="model.skops",
+    sha256="0" * 64,
+    max_batch=3,
+    input=TensorSpec(name="m", datatype="FP64", shape=(-1, 4)),
+)
+
+
+def v2(data: Any, shape: Any = None, datatype: str = "FP64") -> dict[str, Any]:
+    return {
+        "inputs": [
+            {
+                "name": "m",
+                "shape": shape if shape is not None else [1, 4],
+                "datatype": datatype,
+                "data": data,
+            }
+        ]
+    }
+
+
+def test_v2_flat_and_nested_data_decode_to_the_same_array() -> None:
+    flat = dataplane.decode_v2(v2([1, 2, 3, 4, 5, 6, 7, 8], [2, 4]), SETTINGS)
+    nested = dataplane.decode_v2(v2([[1, 2, 3, 4], [5, 6, 7, 8]], [2, 4], "INT32"), SETTINGS)
+    assert flat.dtype == np.float64
+    np.testing.assert_array_equal(flat, nested)
+    assert flat.shape == (2, 4)
+
+
+def test_v1_instances_decode() -> None:
+    array = dataplane.decode_v1({"instances": [[1.5, 2, 3, 4]]}, SETTINGS)
+    assert array.tolist() == [[1.5, 2.0, 3.0, 4.0]]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([], "JSON object"),
+        ({"inputs": []}, "exactly one"),
+        ({"inputs": [1]}, "object"),
+        (v2([1, 2, 3, 4], [1, "4"]), "shape"),
+        (v2([1, 2, 3, 4], [1, -4]), "shape"),
+        (v2([1, 2, 3, 4], [4]), "dimensions"),
+        (v2([1, 2, 3], [1, 4]), "elements"),
+        (v2([1, 2, 3, 4, 5], [1, 5]), "dimension 1 must be 4"),
+        (v2(["a", 2, 3, 4]), "numbers"),
+        (v2([True, False, True, False]), "numbers"),
+        (v2([True, 2.5, 3, 4]), "numbers"),
+        (v2([[1, 2, 3, False]], [1, 4]), "numbers"),
+        (v2([[1, 2], [3]], [2, 2]), "ragged"),
+        (v2([1, 2, 3, 4], datatype="BYTES"), "BYTES"),
+        (v2([1, 2, 3, 4], datatype="FP99"), "unknown datatype"),
+        (v2([1.5, 2, 3, 4], datatype="INT64"), "integer"),
+        (v2([1000, 2, 3, 4], datatype="INT8"), "out of range"),
+        (v2([{"a": 1}, 2, 3, 4]), "numbers"),
+        (v2([10**400, 2, 3, 4]), "numbers"),
+        (v2([], [0, 4]), "empty"),
+        ({"inputs": [{"shape": [1, 4], "datatype": "FP64", "data": "1,2,3,4"}]}, "'data'"),
+    ],
+)
+def test_v2_malformed_input_is_invalid(body: Any, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        dataplane.decode_v2(body, SETTINGS)
+
+
+def test_nan_and_infinity_are_refused_unless_allowed() -> None:
+    with pytest.raises(InvalidInput, match="NaN"):
+        dataplane.decode_v1({"instances": [[float("nan"), 1, 2, 3]]}, SETTINGS)
+    with pytest.raises(InvalidInput, match="NaN"):
+        dataplane.decode_v1({"instances": [[float("inf"), 1, 2, 3]]}, SETTINGS)
+    lenient = SETTINGS.model_copy(update={"input": TensorSpec(shape=(-1, 4), allow_nan=True)})
+    assert np.isnan(dataplane.decode_v1({"instances": [[float("nan"), 1, 2, 3]]}, lenient)[0, 0])
+
+
+def test_batch_over_the_maximum_is_too_large() -> None:
+    with pytest.raises(PayloadTooLarge):
+        dataplane.decode_v1({"instances": [[1, 2, 3, 4]] * 4}, SETTINGS)
+    with pytest.raises(PayloadTooLarge):
+        dataplane.decode_v2(v2([0] * 16, [4, 4]), SETTINGS)
+
+
+def test_encode_v2_and_v1() -> None:
+    outputs = {
+        "predict": np.array(["setosa", "virginica"]),
+        "predict_proba": np.array([[0.9, 0.1], [0.2, 0.8]]),
+    }
+    encoded = dataplane.encode_v2(outputs, SETTINGS, "r1")
+    assert encoded["id"] == "r1"
+    assert encoded["outputs"][0] == {
+        "name": "predict",
+        "shape": [2],
+        "datatype": "BYTES",
+        "data": ["setosa", "virginica"],
+    }
+    assert encoded["outputs"][1]["datatype"] == "FP64"
+    assert encoded["outputs"][1]["data"] == [0.9, 0.1, 0.2, 0.8]
+    assert dataplane.encode_v1({"predict": np.array([1, 0])}) == {"predictions": [1, 0]}

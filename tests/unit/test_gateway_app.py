@@ -1,0 +1,255 @@
+"""The gateway's request path through the Quart test client, against a real HTTP upstream.
+
+The upstream is a small aiohttp server whose behaviour each test picks (healthy, slow,
+redirecting, huge, not JSON, down) so every forwarding rule is exercised for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from quart import Quart
+from quart.typing import TestClientProtocol as QuartClient
+
+from gateway import keyadmin
+from gateway.secretstore import LocalSecretStore
+from gateway.server import build_gateway
+from gateway.settings import GatewaySettings
+from tests.conftest import free_port, write_access, write_routes
+
+ROWS = [[5.1, 3.5, 1.4, 0.2]]
+
+
+@dataclass
+class Upstream:
+    url: str
+    mode: str = "ok"
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    state = Upstream(url="")
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state.seen.append(
+            {
+                "path": request.path_qs,
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "body": await request.read(),
+            }
+        )
+        if request.path == "/v2/health/ready":
+            return web.json_response({"ready": True})
+        mode = state.mode
+        if mode == "slow":
+            await asyncio.sleep(5)
+        if mode == "redirect":
+            raise web.HTTPFound("http://169.254.169.254/latest/meta-data")
+        if mode == "huge":
+            return web.Response(
+                body=b"[" + b"1," * 600_000 + b"1]", content_type="application/json"
+            )
+        if mode == "html":
+            return web.Response(text="<html>oops</html>", content_type="text/html")
+        if mode == "error500":
+            return web.json_response(
+                {"error": {"code": "x", "message": "Traceback: secret"}}, status=500
+            )
+        if mode == "reject":
+            return web.json_response(
+                {"error": {"code": "invalid_input", "message": "input dimension 1 must be 4"}},
+                status=422,
+            )
+        return web.json_response({"predictions": ["setosa"]})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    state.url = f"http://127.0.0.1:{port}"
+    yield state
+    await runner.cleanup()
+
+
+@dataclass
+class GatewayUnderTest:
+    client: QuartClient
+    app: Quart
+    key: str
+    audit: Path
+
+    def records(self) -> list[dict[str, Any]]:
+        return (
+            [orjson.loads(line) for line in self.audit.read_bytes().splitlines()]
+            if self.audit.exists()
+            else []
+        )
+
+    async def record_for(self, request_id: str) -> dict[str, Any]:
+        for _ in range(100):
+            found = [r for r in self.records() if r["request_id"] == request_id]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no audit record for {request_id}")
+
+
+async def make_gateway(
+    tmp_path: Path, upstream_url: str, **settings: Any
+) -> tuple[Quart, str, Path]:
+    from gateway.app import create_app
+
+    store_path = tmp_path / "secrets.json"
+    issued = await keyadmin.create(
+        LocalSecretStore(store_path), owner="alice", scopes=["models:iris"]
+    )
+    config = GatewaySettings(
+        state_dir=tmp_path,
+        routes_file=write_routes(tmp_path / "routes.toml", upstream_url),
+        access_policy_file=write_access(tmp_path / "access.toml"),
+        **settings,
+    )
+    return create_app(build_gateway(config)), issued.key, config.audit_file
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, upstream: Upstream) -> AsyncIterator[GatewayUnderTest]:
+    app, key, audit = await make_gateway(
+        tmp_path, upstream.url, max_body_bytes=64 * 1024, max_response_bytes=256 * 1024
+    )
+    async with app.test_app() as test_app:
+        yield GatewayUnderTest(test_app.test_client(), app, key, audit)
+
+
+async def predict(gw: GatewayUnderTest, **kwargs: Any) -> Any:
+    headers = {"api-key": gw.key, **kwargs.pop("headers", {})}
+    return await gw.client.post("/v1/models/iris:predict", headers=headers, **kwargs)
+
+
+async def test_allowed_request_is_forwarded_and_audited(
+    gw: GatewayUnderTest, upstream: Upstream
+) -> None:
+    r = await predict(gw, json={"instances": ROWS})
+    assert r.status_code == 200
+    assert await r.get_json() == {"predictions": ["setosa"]}
+    record = await gw.record_for(r.headers["x-request-id"])
+    assert record["decision"] == "allow"
+    assert (
+        record["payload_sha256"]
+        == __import__("hashlib").sha256(upstream.seen[-1]["body"]).hexdigest()
+    )
+    assert upstream.seen[-1]["path"] == "/v1/models/iris:predict"
+
+
+async def test_forwarded_headers_are_an_allow_list(
+    gw: GatewayUnderTest, upstream: Upstream
+) -> None:
+    await predict(
+        gw,
+        json={"instances": ROWS},
+        headers={
+            "cookie": "session=1",
+            "authorization": "Bearer x",
+            "x-forwarded-host": "evil",
+            "connection": "close",
+        },
+    )
+    sent = {k.lower() for k in upstream.seen[-1]["headers"]}
+    assert not sent & {"api-key", "cookie", "authorization", "x-forwarded-host", "accept-encoding"}
+    assert "x-request-id" in sent
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "code"),
+    [
+        ("slow", 504, "upstream_timeout"),
+        ("redirect", 502, "bad_upstream"),
+        ("huge", 502, "bad_upstream"),
+        ("html", 502, "bad_upstream"),
+        ("error500", 502, "bad_upstream"),
+        ("reject", 422, "invalid_request"),
+    ],
+)
+async def test_upstream_faults_map_to_gateway_statuses(
+    gw: GatewayUnderTest, upstream: Upstream, mode: str, status: int, code: str
+) -> None:
+    upstream.mode = mode
+    r = await predict(gw, json={"instances": ROWS})
+    body = await r.get_json()
+    assert (r.status_code, body["error"]["code"]) == (status, code)
+    assert "Traceback" not in str(body)
+    if mode == "redirect":
+        assert all("meta-data" not in s["path"] for s in upstream.seen)  # never followed
+
+
+async def test_scorer_down_is_503(tmp_path: Path) -> None:
+    app, key, _ = await make_gateway(tmp_path, f"http://127.0.0.1:{free_port()}")
+    async with app.test_app() as test_app:
+        r = await test_app.test_client().post(
+            "/v1/models/iris:predict", json={"instances": ROWS}, headers={"api-key": key}
+        )
+        assert (r.status_code, (await r.get_json())["error"]["code"]) == (
+            503,
+            "upstream_unavailable",
+        )
+        ready = await test_app.test_client().get("/v2/health/ready")
+        assert ready.status_code == 503
+        assert (await ready.get_json())["upstreams"] == {"cpu": False}
+
+
+async def test_too_many_instances_is_413_before_forwarding(
+    gw: GatewayUnderTest, upstream: Upstream
+) -> None:
+    r = await predict(gw, json={"instances": ROWS * 9})
+    assert (r.status_code, (await r.get_json())["error"]["code"]) == (413, "payload_too_large")
+    assert [s for s in upstream.seen if "predict" in s["path"]] == []
+    assert (await gw.record_for(r.headers["x-request-id"]))["reason"] == "too_many_instances"
+
+
+async def test_v2_instances_are_counted_from_the_shape(gw: GatewayUnderTest) -> None:
+    body = {"inputs": [{"name": "m", "shape": [9, 4], "datatype": "FP64", "data": [0.0] * 36}]}
+    r = await gw.client.post("/v2/models/iris/infer", json=body, headers={"api-key": gw.key})
+    assert r.status_code == 413
+
+
+async def test_unknown_route_and_method_are_json_and_audited(gw: GatewayUnderTest) -> None:
+    r = await gw.client.get("/admin")
+    assert (r.status_code, (await r.get_json())["error"]["code"]) == (404, "not_found")
+    assert (await gw.record_for(r.headers["x-request-id"]))["reason"] == "route_unknown"
+    r = await gw.client.delete("/v1/models/iris:predict", headers={"api-key": gw.key})
+    assert (r.status_code, (await r.get_json())["error"]["code"]) == (405, "method_not_allowed")
+
+
+async def test_incoming_request_id_is_kept_when_well_formed(
+    gw: GatewayUnderTest, upstream: Upstream
+) -> None:
+    r = await predict(gw, json={"instances": ROWS}, headers={"x-request-id": "client-req-0001"})
+    assert r.headers["x-request-id"] == "client-req-0001"
+    assert upstream.seen[-1]["headers"]["x-request-id"] == "client-req-0001"
+
+
+async def test_unexpected_exception_is_a_generic_500(
+    gw: GatewayUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import app as app_module
+
+    def explode(*args: object) -> None:
+        raise RuntimeError("/etc/secret-path leaked detail")
+
+    monkeypatch.setattr(app_module, "_count_instances", explode)
+    r = await predict(gw, json={"instances": ROWS})
+    text = await r.get_data(as_text=True)
+    assert r.status_code == 500
+    assert "secret-path" not in text and "RuntimeError" not in text
+    assert (await r.get_json())["error"]["code"] == "internal_error"
+    assert (await gw.record_for(r.headers["x-request-id"]))["status"] == 500
