@@ -11,6 +11,8 @@ import asyncio
 import json
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -82,6 +84,22 @@ def _wait_ready(url: str, ca: Path, processes: list[DemoProcess], timeout_s: flo
     raise DemoError(f"the gateway did not become ready in {timeout_s:.0f}s: {last}")
 
 
+def _check_port_free(port: int) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise DemoError(
+                f"port {port} is already in use (another `scoregate demo`?); "
+                "stop it or choose other ports with --port/--scorer-port"
+            ) from None
+
+
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    # SIGTERM (kill, a CI runner) stops the demo like Ctrl-C: children are stopped too.
+    raise KeyboardInterrupt
+
+
 def _write_routes(path: Path, scorer_port: int) -> None:
     path.write_text(
         f"""# Written by `scoregate demo`.
@@ -110,6 +128,13 @@ async def _fresh_demo_key(store_path: Path) -> str:
 def run_demo(
     settings: GatewaySettings, *, once: bool, scorer_port: int, out: Callable[[str], None]
 ) -> int:
+    try:
+        for port in (settings.port, scorer_port):
+            _check_port_free(port)
+    except DemoError as exc:
+        out(f"demo failed: {exc}")
+        return 1
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     state = settings.state_dir.resolve()
     for line in ensure_server_certificate(CertPaths(state / "certs")):
         out(f"certs: {line}")
@@ -195,7 +220,8 @@ def _show_requests(base: str, ca: Path, api_key: str, out: Callable[[str], None]
         payload={
             "inputs": [
                 {"name": "measurements", "shape": [1, 4], "datatype": "FP64", "data": SAMPLES[2]}
-            ]
+            ],
+            "outputs": [{"name": "predict"}, {"name": "predict_proba"}],
         },
     )
     checks.append(("v2 infer", v2, 200))

@@ -34,10 +34,6 @@ def _error(exc: ScorerError) -> Response:
 def create_app(models: dict[str, Runtime], *, max_body_bytes: int) -> Quart:
     app = Quart("scorer")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
-    output_names: dict[str, tuple[str, ...]] = {
-        name: ("predict", "predict_proba") if getattr(rt, "has_proba", False) else ("predict",)
-        for name, rt in models.items()
-    }
 
     def model(name: str) -> Runtime:
         runtime = models.get(name)
@@ -87,7 +83,8 @@ def create_app(models: dict[str, Runtime], *, max_body_bytes: int) -> Quart:
 
     @app.get("/v2/models/<name>")
     async def model_metadata(name: str) -> Response:
-        return _json(dataplane.metadata(model(name).settings, output_names[name]))
+        runtime = model(name)
+        return _json(dataplane.metadata(runtime.settings, runtime.outputs))
 
     @app.get("/v2/models/<name>/ready")
     async def model_ready(name: str) -> Response:
@@ -99,8 +96,9 @@ def create_app(models: dict[str, Runtime], *, max_body_bytes: int) -> Quart:
         runtime = model(name)
         body = await body_json()
         batch = dataplane.decode_v2(body, runtime.settings)
+        names = dataplane.requested_outputs(body, runtime.outputs)
         # Blocking model code runs in a thread: the loop stays free for other requests.
-        outputs = await asyncio.to_thread(runtime.predict, batch)
+        outputs = await asyncio.to_thread(runtime.predict, batch, names)
         request_id = body.get("id") if isinstance(body.get("id"), str) else None
         return _json(dataplane.encode_v2(outputs, runtime.settings, request_id))
 
@@ -108,7 +106,7 @@ def create_app(models: dict[str, Runtime], *, max_body_bytes: int) -> Quart:
     async def predict_v1(name: str) -> Response:
         runtime = model(name)
         batch = dataplane.decode_v1(await body_json(), runtime.settings)
-        outputs = await asyncio.to_thread(runtime.predict, batch)
+        outputs = await asyncio.to_thread(runtime.predict, batch, runtime.outputs[:1])
         return _json(dataplane.encode_v1(outputs))
 
     return app

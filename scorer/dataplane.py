@@ -128,6 +128,23 @@ def decode_v2(body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
     return array
 
 
+def requested_outputs(body: Any, available: tuple[str, ...]) -> tuple[str, ...]:
+    """The outputs a v2 request names (``"outputs": [{"name": ...}]``), else the default."""
+    wanted = body.get("outputs") if isinstance(body, dict) else None
+    if wanted is None:
+        return available[:1]
+    if not isinstance(wanted, list) or not wanted:
+        raise InvalidInput("'outputs' must be a non-empty list of {\"name\": ...}")
+    names = []
+    for item in wanted:
+        name = item.get("name") if isinstance(item, dict) else None
+        if name not in available:
+            raise InvalidInput(f"unknown output; this model has {list(available)}")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
 def decode_v1(body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
     """The model's input array from a v1 ``{"instances": [...]}`` request."""
     if not isinstance(body, dict) or not isinstance(body.get("instances"), list):

@@ -14,9 +14,12 @@ class Runtime(Protocol):
     """A loaded model. ``predict`` is blocking: callers run it off the event loop."""
 
     settings: ModelSettings
+    outputs: tuple[str, ...]  # what the model can produce; the first is the default
 
-    def predict(self, batch: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
-        """Named outputs, each with the batch as its first dimension."""
+    def predict(
+        self, batch: np.ndarray[Any, Any], outputs: tuple[str, ...]
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """The requested named outputs, each with the batch as its first dimension."""
         ...
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sklearn
 
 from scorer import hazmat
 from scorer.errors import ArtifactError
@@ -15,9 +16,11 @@ from scorer.repository import ModelSettings
 
 @dataclass
 class SklearnRuntime:
+    """``predict`` by default; ``predict_proba`` when asked for and the model has it."""
+
     settings: ModelSettings
     estimator: Any
-    has_proba: bool
+    outputs: tuple[str, ...]
 
     @classmethod
     def load(cls, folder: Path, settings: ModelSettings) -> SklearnRuntime:
@@ -32,10 +35,12 @@ class SklearnRuntime:
             )
         if not callable(getattr(estimator, "predict", None)):
             raise ArtifactError(f"{settings.name}: artifact has no predict method")
-        return cls(settings, estimator, callable(getattr(estimator, "predict_proba", None)))
+        has_proba = callable(getattr(estimator, "predict_proba", None))
+        return cls(settings, estimator, ("predict", "predict_proba") if has_proba else ("predict",))
 
-    def predict(self, batch: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
-        outputs = {"predict": np.asarray(self.estimator.predict(batch))}
-        if self.has_proba:
-            outputs["predict_proba"] = np.asarray(self.estimator.predict_proba(batch))
-        return outputs
+    def predict(
+        self, batch: np.ndarray[Any, Any], outputs: tuple[str, ...]
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        # The data plane already refused NaN and infinities: skip sklearn's second check.
+        with sklearn.config_context(assume_finite=True):
+            return {name: np.asarray(getattr(self.estimator, name)(batch)) for name in outputs}

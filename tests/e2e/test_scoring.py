@@ -33,18 +33,29 @@ def test_v1_predict_returns_real_predictions(stack: Stack) -> None:
 
 
 def test_v2_infer_returns_open_inference_protocol_response(stack: Stack) -> None:
-    body = {
-        "id": "r1",
-        "inputs": [{"name": "m", "shape": [2, 4], "datatype": "FP64", "data": ROWS[0] + ROWS[2]}],
-    }
+    tensor = {"name": "m", "shape": [2, 4], "datatype": "FP64", "data": ROWS[0] + ROWS[2]}
     with stack.client() as client:
-        r = client.post("/v2/models/iris/infer", json=body, headers={"api-key": stack.keys.iris})
-    assert r.status_code == 200
-    payload = r.json()
-    assert payload["model_name"] == "iris"
-    outputs = {o["name"]: o for o in payload["outputs"]}
+        default = client.post(
+            "/v2/models/iris/infer",
+            json={"id": "r1", "inputs": [tensor]},
+            headers={"api-key": stack.keys.iris},
+        )
+        both = client.post(
+            "/v2/models/iris/infer",
+            json={"inputs": [tensor], "outputs": [{"name": "predict"}, {"name": "predict_proba"}]},
+            headers={"api-key": stack.keys.iris},
+        )
+    assert default.status_code == 200
+    payload = default.json()
+    assert (payload["model_name"], payload["id"]) == ("iris", "r1")
+    assert payload["outputs"] == [
+        {"name": "predict", "shape": [2], "datatype": "BYTES", "data": ["setosa", "virginica"]}
+    ]
+    outputs = {o["name"]: o for o in both.json()["outputs"]}
     assert outputs["predict"]["data"] == ["setosa", "virginica"]
     assert outputs["predict_proba"]["shape"] == [2, 3]
+    probabilities = outputs["predict_proba"]["data"]
+    assert abs(sum(probabilities[:3]) - 1) < 1e-9 and probabilities[0] > 0.9
 
 
 def test_model_metadata_and_ready_are_forwarded(stack: Stack) -> None:

@@ -108,3 +108,16 @@ def test_encode_v2_and_v1() -> None:
     assert encoded["outputs"][1]["datatype"] == "FP64"
     assert encoded["outputs"][1]["data"] == [0.9, 0.1, 0.2, 0.8]
     assert dataplane.encode_v1({"predict": np.array([1, 0])}) == {"predictions": [1, 0]}
+
+
+def test_requested_outputs_default_to_the_first_and_are_checked() -> None:
+    available = ("predict", "predict_proba")
+    assert dataplane.requested_outputs({}, available) == ("predict",)
+    assert dataplane.requested_outputs({"outputs": [{"name": "predict_proba"}]}, available) == (
+        "predict_proba",
+    )
+    both = {"outputs": [{"name": "predict"}, {"name": "predict_proba"}, {"name": "predict"}]}
+    assert dataplane.requested_outputs(both, available) == available
+    for bad in ([], "predict", [{"name": "decision_function"}], [1]):
+        with pytest.raises(InvalidInput):
+            dataplane.requested_outputs({"outputs": bad}, available)
