@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from gateway import context
 from gateway.audit import AuditEvent, AuditTrail, utc_timestamp
+from gateway.auditsign import load_signer
 from gateway.auth import authenticate
 from gateway.errors import (
     AuditUnavailable,
@@ -34,15 +35,18 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    Unauthenticated,
 )
 from gateway.forward import Forwarder
 from gateway.keyring import KeyRing
 from gateway.policy import AccessPolicy, Route, RouteTable
-from gateway.secretstore import SecretStore, SecretStoreError, utcnow
+from gateway.ratelimit import Limiter, RateLimited
+from gateway.secretstore import LocalSecretStore, SecretStore, SecretStoreError, utcnow
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("gateway")
 JSON = "application/json"
+_PROBES = frozenset({"live", "ready"})
 _READY_CACHE_S = 2.0
 
 
@@ -56,6 +60,7 @@ class Gateway:
     routes: RouteTable
     access: AccessPolicy
     forwarder: Forwarder
+    limiter: Limiter
     audit: AuditTrail
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _ready: tuple[float, bool, dict[str, bool]] = (0.0, False, {})
@@ -68,6 +73,15 @@ class Gateway:
             # Not ready until the keys load; the background refresh keeps trying.
             self.keys.last_error = str(exc)
             log.error("initial key load failed: %s", exc)
+        try:
+            # Checkpoint signing key; made on first start with the embedded store only.
+            self.audit.signer = await load_signer(
+                self.store, create=isinstance(self.store, LocalSecretStore)
+            )
+        except (SecretStoreError, ValueError) as exc:
+            log.error("audit signing key unavailable, checkpoints off: %s", exc)
+        if self.audit.signer is None:
+            log.error("no audit signing key: the trail is hash-chained but not signed")
         self._tasks = [
             asyncio.create_task(self.keys.run(), name="key-refresh"),
             asyncio.create_task(self.audit.run(), name="audit-writer"),
@@ -81,6 +95,7 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.audit.close()
+        await self.limiter.close()
         await self.forwarder.close()
         await self.store.close()
 
@@ -94,13 +109,17 @@ class Gateway:
             upstreams_ok = all(results)
             self._ready = (now, upstreams_ok, upstreams)
         staleness = self.keys.staleness_s()
+        limiter = self.limiter.state
         checks = {
             "keys_loaded": self.keys.loaded,
             "keys_staleness_s": None if staleness is None else round(staleness, 1),
             "audit_accepting": self.audit.accepting,
+            "audit_signing": self.audit.signer is not None,
+            "rate_limit_storage": limiter,
             "upstreams": upstreams,
         }
-        return self.keys.loaded and self.audit.accepting and upstreams_ok, checks
+        ready = self.keys.loaded and self.audit.accepting and upstreams_ok and limiter != "closed"
+        return ready, checks
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -174,6 +193,9 @@ def create_app(gw: Gateway) -> Quart:
         if not gw.audit.accepting:
             # Fail closed: no request is served that cannot be audited.
             raise AuditUnavailable(reason="audit_unavailable")
+        if request.endpoint not in _PROBES:
+            # Before authentication: per-address limit and the failed-authentication block.
+            await gw.limiter.check_address(g.client)
 
     async def read_body() -> bytes:
         g.body_read = True
@@ -223,6 +245,8 @@ def create_app(gw: Gateway) -> Quart:
                 bytes_in=g.bytes_in,
                 bytes_out=response.content_length or 0,
                 payload_sha256=g.payload_sha256,
+                instances=g.get("instances"),
+                limiter=gw.limiter.state if request.endpoint not in _PROBES else None,
             )
         )
         return response
@@ -239,6 +263,8 @@ def create_app(gw: Gateway) -> Quart:
             },
             exc.status,
         )
+        if isinstance(exc, RateLimited):
+            response.headers.update(exc.headers)
         if exc.status == 401:
             # RFC 9110 §11.6.1: a 401 names the scheme the client should use.
             response.headers["WWW-Authenticate"] = 'ApiKey realm="scoregate", header="api-key"'
@@ -283,7 +309,11 @@ def create_app(gw: Gateway) -> Quart:
     # -- model endpoints -----------------------------------------------------------
     async def admit(model: str) -> Route:
         """Authenticate, route, authorize: 401, then 404, then 403."""
-        principal = authenticate(request.headers.get("api-key"), gw.keys, utcnow())
+        try:
+            principal = authenticate(request.headers.get("api-key"), gw.keys, utcnow())
+        except Unauthenticated:
+            await gw.limiter.failed_authentication(g.client)
+            raise
         g.principal = principal
         route = gw.routes.resolve(model)
         g.model = route.model
@@ -304,20 +334,25 @@ def create_app(gw: Gateway) -> Quart:
         except orjson.JSONDecodeError:
             raise InvalidRequest("the body is not valid JSON", reason="body_not_json") from None
         instances = _count_instances(parsed, kind)
+        g.instances = instances
         if instances > route.max_instances:
             raise PayloadTooLarge(
                 f"at most {route.max_instances} instances per request", reason="too_many_instances"
             )
+        # Cost of a request = the instances it carries (OWASP API4).
+        await gw.limiter.check_principal(g.principal, route.model, instances)
         return await forward(route, "POST", path, body)
 
     @app.get("/v2/models/<model>")
     async def model_metadata(model: str) -> Response:
         route = await admit(model)
+        await gw.limiter.check_principal(g.principal, route.model, 1)
         return await forward(route, "GET", f"/v2/models/{route.model}", None)
 
     @app.get("/v2/models/<model>/ready")
     async def model_ready(model: str) -> Response:
         route = await admit(model)
+        await gw.limiter.check_principal(g.principal, route.model, 1)
         return await forward(route, "GET", f"/v2/models/{route.model}/ready", None)
 
     @app.post("/v2/models/<model>/infer")

@@ -1,17 +1,24 @@
 """The audit trail: one hash-chained JSON line per request, written off the hot path.
 
-    request handler ──record()──▶ bounded queue ──writer task──▶ sink (file, JSON lines)
+    request handler ──record()──▶ bounded queue ──writer task──▶ sink (file or stdout)
+                                                       └─ every N records / T seconds:
+                                                          a signed checkpoint record
 
-Each record carries ``seq`` and ``prev`` (the previous record's hash) and its own ``hash``
-= SHA-256 of its canonical JSON without ``hash``; deleting, editing or reordering a record
-breaks the chain at that place (`verify`). Records hold ids and digests only: never a
-token, key, secret or payload (OWASP Logging cheat sheet, "data to exclude"). JSON
-encoding escapes control characters, so hostile strings cannot split or forge lines
-(OWASP: log injection).
+Each record carries ``seq`` and ``prev`` (the previous record's hash) and its own
+``hash`` = SHA-256 of its canonical JSON without ``hash``; deleting, editing or
+reordering a record breaks the chain at that place. The chain continues across file
+rotations and restarts. Checkpoints sign (Ed25519) the head of the chain, so a reviewer
+holding the public key can prove that a range is complete and unedited, even against
+someone able to rewrite the file and recompute every hash (`gateway.auditlog.verify`).
+
+Records hold ids and digests only: never a token, key, secret or payload (OWASP Logging
+cheat sheet, "data to exclude"). JSON encoding escapes control characters, so hostile
+strings cannot split or forge lines (OWASP: log injection).
 
 Policy when the trail cannot keep up or the sink fails: fail closed. `accepting` turns
 false, the gateway answers 503 to new requests, and the writer retries the failed batch
-until the sink takes it, so nothing already queued is lost.
+until the sink takes it, so nothing already queued is lost. Shutdown drains the queue
+and writes a last checkpoint.
 """
 
 from __future__ import annotations
@@ -21,15 +28,20 @@ import datetime as dt
 import hashlib
 import logging
 import os
-from collections.abc import Iterable
+import socket
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
+from gateway.auditsign import CheckpointSigner
+
 log = logging.getLogger("gateway.audit")
 GENESIS = "0" * 64
+NODE = socket.gethostname()[:64]
 _RETRY_S = 0.5
 _BATCH = 512
 
@@ -56,18 +68,26 @@ class AuditEvent:
     bytes_in: int
     bytes_out: int
     payload_sha256: str | None
+    instances: int | None = None
+    limiter: str | None = None  # which counter decided: memory, shared, memory-fallback, open
+    type: str = "request"
+    node: str = NODE
 
 
-def _canonical(record: dict[str, Any]) -> bytes:
+def canonical(record: dict[str, Any]) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
 
 def seal(fields: dict[str, Any], seq: int, prev: str) -> tuple[bytes, str]:
     """The record's line (with ``seq``, ``prev`` and ``hash``) and its hash."""
     record = {**fields, "seq": seq, "prev": prev}
-    digest = hashlib.sha256(_canonical(record)).hexdigest()
+    digest = hashlib.sha256(canonical(record)).hexdigest()
     record["hash"] = digest
-    return _canonical(record) + b"\n", digest
+    return canonical(record) + b"\n", digest
+
+
+def utc_timestamp() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AuditSink(Protocol):
@@ -82,30 +102,92 @@ class AuditSink(Protocol):
     def close(self) -> None: ...
 
 
-class FileSink:
-    """Append-only JSON lines file; directory 0700, file 0600."""
+def rotated_name(last_seq: int) -> str:
+    """Rotated files sort by name in chain order; the live file is always ``audit.jsonl``."""
+    return f"audit-{last_seq:012d}.jsonl"
 
-    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+
+def chain_files(directory: Path) -> list[Path]:
+    """A trail directory's files in chain order: rotated ones, then the live one."""
+    files = sorted(directory.glob("audit-*.jsonl"))
+    live = directory / "audit.jsonl"
+    return [*files, live] if live.exists() else files
+
+
+class FileSink:
+    """Append-only JSON lines in a 0700 directory, files 0600, rotated by size or age.
+
+    The chain runs on across rotations: the first record of a new file points at the last
+    record of the previous one.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: bool = False,
+        rotate_bytes: int = 64 * 1024 * 1024,
+        rotate_interval_s: float = 86_400.0,
+    ) -> None:
         self.path = path
         self._fsync = fsync
+        self._rotate_bytes = rotate_bytes
+        self._rotate_interval_s = rotate_interval_s
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._open()
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "ab", buffering=0)
+        self._size = os.fstat(fd).st_size
+        self._opened = time.monotonic()
 
     def tail(self) -> tuple[int, str]:
+        for path in reversed(chain_files(self.path.parent)):
+            last = _last_line(path)
+            if last is not None:
+                record = orjson.loads(last)
+                return int(record["seq"]), str(record["hash"])
+        return 0, GENESIS
+
+    def _rotate(self) -> None:
         last = _last_line(self.path)
         if last is None:
-            return 0, GENESIS
-        record = orjson.loads(last)
-        return int(record["seq"]), str(record["hash"])
+            return
+        self._file.close()
+        os.replace(self.path, self.path.with_name(rotated_name(int(orjson.loads(last)["seq"]))))
+        self._open()
 
     def write(self, lines: list[bytes]) -> None:
-        self._file.write(b"".join(lines))
+        data = b"".join(lines)
+        too_big = self._size and self._size + len(data) > self._rotate_bytes
+        too_old = self._size and time.monotonic() - self._opened > self._rotate_interval_s
+        if too_big or too_old:
+            self._rotate()
+        self._file.write(data)
+        self._size += len(data)
         if self._fsync:
             os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
+
+
+class StdoutSink:
+    """JSON lines on standard output, for AKS → Container Insights → Log Analytics.
+
+    Each process starts its own chain (``prev`` = genesis); ``node`` tells replicas apart.
+    """
+
+    def tail(self) -> tuple[int, str]:
+        return 0, GENESIS
+
+    def write(self, lines: list[bytes]) -> None:
+        sys.stdout.buffer.write(b"".join(lines))
+        sys.stdout.buffer.flush()
+
+    def close(self) -> None:
+        sys.stdout.buffer.flush()
 
 
 def _last_line(path: Path) -> bytes | None:
@@ -121,13 +203,28 @@ def _last_line(path: Path) -> bytes | None:
 
 
 class AuditTrail:
-    def __init__(self, sink: AuditSink, *, queue_size: int) -> None:
+    def __init__(
+        self,
+        sink: AuditSink,
+        *,
+        queue_size: int,
+        signer: CheckpointSigner | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval_s: float = 60.0,
+    ) -> None:
         self._sink = sink
         self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(maxsize=queue_size)
         self._seq, self._prev = sink.tail()
+        self.signer = signer
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._since_checkpoint = 0
+        self._first_unsigned = self._seq + 1
+        self._last_checkpoint = time.monotonic()
         self._sink_ok = True
         self._closing = False
         self.lost = 0
+        self.written = 0
 
     @property
     def accepting(self) -> bool:
@@ -147,81 +244,89 @@ class AuditTrail:
             self.lost += 1
             log.error("audit queue full: record for request %s not written", event.request_id)
 
-    def _seal_batch(self, events: Iterable[AuditEvent]) -> tuple[list[bytes], int, str]:
-        seq, prev, lines = self._seq, self._prev, []
+    def _checkpoint_due(self) -> bool:
+        if self.signer is None or self._since_checkpoint == 0:
+            return False
+        return (
+            self._since_checkpoint >= self._checkpoint_every
+            or time.monotonic() - self._last_checkpoint >= self._checkpoint_interval_s
+        )
+
+    def _seal_batch(
+        self, events: list[AuditEvent], *, force_checkpoint: bool = False
+    ) -> tuple[list[bytes], int, str, int]:
+        seq, prev, since, lines = self._seq, self._prev, self._since_checkpoint, []
         for event in events:
             seq += 1
             line, prev = seal(asdict(event), seq, prev)
             lines.append(line)
-        return lines, seq, prev
+            since += 1
+        if (
+            self.signer is not None
+            and since
+            and (
+                force_checkpoint
+                or since >= self._checkpoint_every
+                or time.monotonic() - self._last_checkpoint >= self._checkpoint_interval_s
+            )
+        ):
+            fields = self.signer.checkpoint(
+                time=utc_timestamp(), node=NODE, from_seq=seq - since + 1, to_seq=seq, head=prev
+            )
+            seq += 1
+            line, prev = seal(fields, seq, prev)
+            lines.append(line)
+            since = 0
+        return lines, seq, prev, since
+
+    async def _write(self, lines: list[bytes]) -> None:
+        while True:
+            try:
+                # File writes block: they go to a thread so the loop keeps serving.
+                await asyncio.to_thread(self._sink.write, lines)
+            except OSError as exc:
+                self._sink_ok = False
+                log.error("audit sink failed, failing closed and retrying: %s", exc)
+                await asyncio.sleep(_RETRY_S)
+                continue
+            self._sink_ok = True
+            return
+
+    async def _flush(self, events: list[AuditEvent], *, force_checkpoint: bool = False) -> None:
+        lines, seq, prev, since = self._seal_batch(events, force_checkpoint=force_checkpoint)
+        if not lines:
+            return
+        await self._write(lines)
+        if since == 0 and self._since_checkpoint + len(events) > 0:
+            self._last_checkpoint = time.monotonic()
+        self._seq, self._prev, self._since_checkpoint = seq, prev, since
+        self.written += len(events)
 
     async def run(self) -> None:
         """The writer: batch what is queued, seal it, hand it to the sink in a thread."""
         while True:
-            events = [await self._queue.get()]
+            timeout = None
+            if self.signer is not None and self._since_checkpoint:
+                timeout = max(
+                    0.0, self._checkpoint_interval_s - (time.monotonic() - self._last_checkpoint)
+                )
+            try:
+                first = await asyncio.wait_for(self._queue.get(), timeout=timeout)
+            except TimeoutError:
+                await self._flush([], force_checkpoint=True)  # an idle trail still gets signed
+                continue
+            events = [first]
             while len(events) < _BATCH and not self._queue.empty():
                 events.append(self._queue.get_nowait())
-            lines, seq, prev = self._seal_batch(events)
-            while True:
-                try:
-                    # File writes block: they go to a thread so the loop keeps serving.
-                    await asyncio.to_thread(self._sink.write, lines)
-                except OSError as exc:
-                    self._sink_ok = False
-                    log.error("audit sink failed, failing closed and retrying: %s", exc)
-                    await asyncio.sleep(_RETRY_S)
-                    continue
-                break
-            self._sink_ok = True
-            self._seq, self._prev = seq, prev
+            await self._flush(events)
             for _ in events:
                 self._queue.task_done()
 
     async def drain(self) -> None:
-        """Stop accepting and wait until every queued record is written."""
+        """Stop accepting, wait until every queued record is written, sign the head."""
         self._closing = True
         await self._queue.join()
+        await self._flush([], force_checkpoint=True)
 
     def close(self) -> None:
         self._sink.close()
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    ok: bool
-    records: int
-    line: int | None = None
-    problem: str | None = None
-
-
-def verify(paths: Iterable[Path]) -> VerifyResult:
-    """Check the chain across files in order; report the first broken line."""
-    prev, seq, count = None, None, 0
-    for path in paths:
-        with path.open("rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                where = f"{path}:{lineno}"
-                try:
-                    record = orjson.loads(raw)
-                    claimed = record.pop("hash")
-                except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError):
-                    return VerifyResult(False, count, lineno, f"{where}: not a sealed record")
-                if hashlib.sha256(_canonical(record)).hexdigest() != claimed:
-                    return VerifyResult(False, count, lineno, f"{where}: record was altered")
-                if prev is not None and record.get("prev") != prev:
-                    return VerifyResult(
-                        False, count, lineno, f"{where}: chain broken (record missing or reordered)"
-                    )
-                if seq is not None and record.get("seq") != seq + 1:
-                    return VerifyResult(
-                        False,
-                        count,
-                        lineno,
-                        f"{where}: sequence jumps from {seq} to {record.get('seq')}",
-                    )
-                prev, seq, count = claimed, record.get("seq"), count + 1
-    return VerifyResult(True, count)
-
-
-def utc_timestamp() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

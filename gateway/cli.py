@@ -50,12 +50,13 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> GatewaySettings:
 # -- serve ---------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.policy import PolicyError
+    from gateway.ratelimit import RateLimitPolicyError
     from gateway.server import run
 
     settings = _settings(args, host=args.host, port=args.port)
     try:
         run(settings)
-    except PolicyError as exc:
+    except (PolicyError, RateLimitPolicyError) as exc:
         _err(f"invalid policy: {exc}")
         return 2
     except FileNotFoundError as exc:
@@ -162,15 +163,95 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 # -- audit ---------------------------------------------------------------------------
-def cmd_audit(args: argparse.Namespace) -> int:
-    from gateway.audit import verify
+def _audit_paths(args: argparse.Namespace) -> list[Path]:
+    return list(args.paths) if args.paths else [_settings(args).audit_file.parent]
 
-    result = verify(args.paths)
-    if result.ok:
-        _out(f"ok: {result.records} records, chain intact")
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from gateway import auditlog, auditsign
+    from gateway.secretstore import LocalSecretStore
+
+    store = LocalSecretStore(_settings(args).store_path)
+    command = args.audit_command
+    if command == "keygen":
+        signer = asyncio.run(auditsign.generate(store))
+        _out(
+            f"new audit signing key {signer.key_id}; checkpoints use it from the next gateway start"
+        )
         return 0
-    _out(f"BROKEN after {result.records} good records: {result.problem}")
-    return 1
+    if command == "public-key":
+        keys = asyncio.run(auditsign.public_keys(store))
+        if not keys:
+            _err("no audit signing key in the store")
+            return 1
+        for key_id, public in keys.items():
+            _out(f"# key id {key_id}\n{auditsign.public_key_pem(public)}")
+        return 0
+    if command == "verify":
+        return _audit_verify(args, store)
+    since = auditlog.parse_time(args.since) if args.since else None
+    until = auditlog.parse_time(args.until) if args.until else None
+    if command == "query":
+        where = auditlog.Filter(
+            since=since,
+            until=until,
+            subject=args.subject,
+            key_id=args.key_id,
+            model=args.model,
+            decision=args.decision,
+            status=args.status,
+            reason=args.reason,
+        )
+        if not args.json:
+            _out(auditlog.table_header())
+        for count, record in enumerate(auditlog.query(_audit_paths(args), where), start=1):
+            _out(json.dumps(record, sort_keys=True) if args.json else auditlog.table_row(record))
+            if args.limit and count >= args.limit:
+                break
+        return 0
+    records = auditlog.query(_audit_paths(args), auditlog.Filter(since=since, until=until))
+    report = auditlog.build_report(
+        records, since.isoformat() if since else None, until.isoformat() if until else None
+    )
+    if args.html:
+        args.html.write_text(auditlog.render_html(report), encoding="utf-8")
+        _out(f"wrote {args.html}")
+    if args.json:
+        _out(json.dumps(report.as_dict(), indent=2))
+    elif not args.html:
+        sys.stdout.write(auditlog.render_text(report))
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace, store: Any) -> int:
+    from gateway import auditlog, auditsign
+
+    keys = None
+    if not args.chain_only:
+        keys = (
+            auditsign.load_public_key(args.public_key)
+            if args.public_key
+            else asyncio.run(auditsign.public_keys(store))
+        )
+        if not keys:
+            _err("no public key to check checkpoint signatures: give --public-key or --chain-only")
+            return 2
+    result = auditlog.verify(_audit_paths(args), keys)
+    for note in result.notes:
+        _out(f"note: {note}")
+    if not result.ok:
+        _out(f"BROKEN after {result.records} good records: {result.problem}")
+        return 1
+    signed = (
+        "chain only, signatures not checked"
+        if keys is None
+        else (
+            f"{result.checkpoints} signed checkpoints, "
+            f"{result.unsigned_tail} records after the last one"
+        )
+    )
+    _out(f"ok: {result.records} records, chain intact; {signed}")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -232,10 +313,31 @@ def parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="review the audit trail")
     asub = audit.add_subparsers(dest="audit_command", required=True)
+    paths_help = "trail files or directories (default: the state directory's audit/)"
     ver = asub.add_parser(
-        "verify", help="check the hash chain; non-zero at the first broken record"
+        "verify", help="check chain and signed checkpoints; non-zero at the first break"
     )
-    ver.add_argument("paths", nargs="+", type=Path)
+    ver.add_argument("paths", nargs="*", type=Path, help=paths_help)
+    ver.add_argument(
+        "--public-key", type=Path, help="PEM public key (default: from the secret store)"
+    )
+    ver.add_argument("--chain-only", action="store_true", help="skip signature checks")
+    qry = asub.add_parser("query", help="records matching filters, as a table or JSON lines")
+    qry.add_argument("paths", nargs="*", type=Path, help=paths_help)
+    rep = asub.add_parser("report", help="summary for a period, as text, JSON or an HTML page")
+    rep.add_argument("paths", nargs="*", type=Path, help=paths_help)
+    for p_ in (qry, rep):
+        p_.add_argument("--since", help="ISO time or an age such as 15m, 2h, 7d")
+        p_.add_argument("--until", help="ISO time or an age")
+        p_.add_argument("--json", action="store_true")
+    for name in ("subject", "key-id", "model", "reason"):
+        qry.add_argument(f"--{name}")
+    qry.add_argument("--decision", choices=["allow", "deny"])
+    qry.add_argument("--status", type=int)
+    qry.add_argument("--limit", type=int, help="stop after N records")
+    rep.add_argument("--html", type=Path, help="write a self-contained HTML page here")
+    asub.add_parser("keygen", help="create a new checkpoint signing key in the secret store")
+    asub.add_parser("public-key", help="print the checkpoint public keys (PEM) for reviewers")
     audit.set_defaults(func=cmd_audit)
     return p
 

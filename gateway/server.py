@@ -12,10 +12,11 @@ from hypercorn.config import Config
 
 from gateway import tls
 from gateway.app import Gateway, create_app
-from gateway.audit import AuditTrail, FileSink
+from gateway.audit import AuditSink, AuditTrail, FileSink, StdoutSink
 from gateway.forward import Forwarder
 from gateway.keyring import KeyRing
 from gateway.policy import AccessPolicy, RouteTable
+from gateway.ratelimit import Limiter, RateLimitPolicy
 from gateway.secretstore import LocalSecretStore
 from gateway.settings import GatewaySettings
 
@@ -35,9 +36,29 @@ class TLSConfig(Config):
         return self._context
 
 
+def build_audit(settings: GatewaySettings) -> AuditTrail:
+    sink: AuditSink
+    if settings.audit_sink == "stdout":
+        sink = StdoutSink()
+    else:
+        sink = FileSink(
+            settings.audit_file,
+            fsync=settings.audit_fsync,
+            rotate_bytes=settings.audit_rotate_bytes,
+            rotate_interval_s=settings.audit_rotate_interval_s,
+        )
+    return AuditTrail(
+        sink,
+        queue_size=settings.audit_queue_size,
+        checkpoint_every=settings.audit_checkpoint_every,
+        checkpoint_interval_s=settings.audit_checkpoint_interval_s,
+    )
+
+
 def build_gateway(settings: GatewaySettings) -> Gateway:
     routes = RouteTable.load(settings.routes_file)
     store = LocalSecretStore(settings.store_path)
+    limits = RateLimitPolicy.load(settings.rate_limit_policy_file, routes.models)
     return Gateway(
         settings=settings,
         store=store,
@@ -45,10 +66,10 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         routes=routes,
         access=AccessPolicy.load(settings.access_policy_file, routes),
         forwarder=Forwarder(max_response_bytes=settings.max_response_bytes),
-        audit=AuditTrail(
-            FileSink(settings.audit_file, fsync=settings.audit_fsync),
-            queue_size=settings.audit_queue_size,
+        limiter=Limiter(
+            limits, settings.rate_limit_storage, settings.rate_limit_on_storage_failure
         ),
+        audit=build_audit(settings),
     )
 
 

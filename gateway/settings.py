@@ -50,10 +50,21 @@ class GatewaySettings(BaseSettings):
     local_store_path: Path | None = None  # default: <state_dir>/secrets.json
     key_refresh_interval_s: float = Field(default=2.0, gt=0)
 
+    # Rate limits: policy file, storage URI (memory:// or async+redis://host:port), and
+    # what happens when that storage fails (see gateway/ratelimit.py).
+    rate_limit_policy_file: Path = REPO_ROOT / "policies" / "ratelimits.toml"
+    rate_limit_storage: str = "memory://"
+    rate_limit_on_storage_failure: Literal["memory", "closed", "open"] = "memory"
+
     # Audit.
+    audit_sink: Literal["file", "stdout"] = "file"
     audit_path: Path | None = None  # default: <state_dir>/audit/audit.jsonl
     audit_queue_size: int = Field(default=10_000, ge=1)
     audit_fsync: bool = False
+    audit_rotate_bytes: int = Field(default=64 * MIB, ge=4 * KIB)
+    audit_rotate_interval_s: float = Field(default=86_400.0, gt=0)
+    audit_checkpoint_every: int = Field(default=1000, ge=1)
+    audit_checkpoint_interval_s: float = Field(default=60.0, gt=0)
 
     log_level: str = "WARNING"
 

@@ -71,6 +71,19 @@ def write_access(path: Path) -> Path:
     return path
 
 
+def write_ratelimits(path: Path, **defaults: str) -> Path:
+    """A rate-limit policy; the shared stack's is generous so that only tests meant to hit it do."""
+    values = {
+        "per_principal": "100000/second",
+        "per_address": "100000/second",
+        "failed_auth_per_address": "100000/minute",
+        **defaults,
+    }
+    body = "\n".join(f'{k} = "{v}"' for k, v in values.items())
+    path.write_text(f'strategy = "sliding-window-counter"\n[defaults]\n{body}\n')
+    return path
+
+
 @dataclass
 class Keys:
     iris: str
@@ -129,11 +142,14 @@ class Stack:
             return []
         return [orjson.loads(line) for line in self.audit_file.read_bytes().splitlines()]
 
+    def request_records(self) -> list[dict[str, Any]]:
+        return [r for r in self.audit_records() if r.get("type") == "request"]
+
     def audit_for(self, request_id: str, timeout_s: float = 3.0) -> dict[str, Any]:
         """The audit record of one request (the writer is asynchronous: poll briefly)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            found = [r for r in self.audit_records() if r["request_id"] == request_id]
+            found = [r for r in self.audit_records() if r.get("request_id") == request_id]
             if found:
                 assert len(found) == 1, f"{len(found)} records for {request_id}"
                 return found[0]
@@ -183,13 +199,16 @@ def stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
-def gateway_env(state: Path, routes: Path, access: Path, port: int, **extra: str) -> dict[str, str]:
+def gateway_env(
+    state: Path, routes: Path, access: Path, port: int, ratelimits: Path | None = None, **extra: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREGATE_")}
     env.update(
         PYTHONUNBUFFERED="1",
         SCOREGATE_STATE_DIR=str(state),
         SCOREGATE_ROUTES_FILE=str(routes),
         SCOREGATE_ACCESS_POLICY_FILE=str(access),
+        SCOREGATE_RATE_LIMIT_POLICY_FILE=str(ratelimits or write_ratelimits(state / "ratelimits.toml")),
         SCOREGATE_PORT=str(port),
         SCOREGATE_KEY_REFRESH_INTERVAL_S="0.3",
         SCOREGATE_LOG_LEVEL="INFO",

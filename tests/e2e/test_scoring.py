@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from gateway.audit import verify
+from gateway.auditlog import verify
 from tests.conftest import ROOT, Stack, free_port
 
 pytestmark = pytest.mark.e2e
@@ -163,7 +163,7 @@ def test_readiness_reports_keys_audit_and_upstreams(stack: Stack) -> None:
 
 
 def test_audit_chain_verifies_and_counts_every_request(stack: Stack) -> None:
-    before = len(stack.audit_records())
+    before = len(stack.request_records())
     with stack.client() as client:
         ids = [
             client.post(
@@ -173,7 +173,7 @@ def test_audit_chain_verifies_and_counts_every_request(stack: Stack) -> None:
         ]
     for request_id in ids:
         stack.audit_for(request_id)
-    assert len(stack.audit_records()) == before + 3
+    assert len(stack.request_records()) == before + 3
     result = verify([stack.audit_file])
     assert result.ok, result.problem
     assert result.records == len(stack.audit_records())

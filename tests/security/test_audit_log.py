@@ -11,7 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.audit import AuditTrail, verify
+from gateway.audit import AuditTrail
+from gateway.auditlog import verify
 from gateway.server import build_gateway
 from gateway.settings import GatewaySettings
 from tests.conftest import ROOT, Stack, write_access, write_routes
@@ -22,7 +23,7 @@ ROWS = [[5.1, 3.5, 1.4, 0.2]]
 
 @pytest.mark.e2e
 def test_every_request_has_exactly_one_record_under_concurrent_load(stack: Stack) -> None:
-    before = len(stack.audit_records())
+    before = len(stack.request_records())
     keys = [stack.keys.iris, stack.keys.unscoped, "bad", stack.keys.revoked]
 
     def worker(n: int) -> list[str]:
@@ -42,7 +43,7 @@ def test_every_request_has_exactly_one_record_under_concurrent_load(stack: Stack
     assert len(set(ids)) == 200
     for rid in ids[-5:]:
         stack.audit_for(rid)
-    records = stack.audit_records()[before:]
+    records = stack.request_records()[before:]
     seen = [r["request_id"] for r in records if r["request_id"] in set(ids)]
     assert sorted(seen) == sorted(ids)  # each exactly once
     assert verify([stack.audit_file]).ok
@@ -75,7 +76,7 @@ def test_no_token_key_secret_or_payload_in_records(stack: Stack) -> None:
 @pytest.mark.e2e
 def test_hostile_strings_cannot_split_or_forge_records(stack: Stack) -> None:
     forged = '","decision":"allow","x":"'
-    before = len(stack.audit_records())
+    before = len(stack.request_records())
     with stack.client() as client:
         responses = [
             client.post(
@@ -95,7 +96,7 @@ def test_hostile_strings_cannot_split_or_forge_records(stack: Stack) -> None:
         ]
     for r in responses:
         stack.audit_for(r.headers["x-request-id"])
-    records = stack.audit_records()
+    records = stack.request_records()
     assert len(records) == before + 4
     assert all(set(rec) >= {"seq", "hash", "prev"} for rec in records)
     assert verify([stack.audit_file]).ok
@@ -127,7 +128,7 @@ def test_tampering_is_detected_by_scoregate_audit_verify(
     copy = tmp_path / "audit.jsonl"
     copy.write_bytes(stack.audit_file.read_bytes())
     good = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "verify", str(copy)],
+        [sys.executable, "-m", "gateway", "--state-dir", str(stack.state), "audit", "verify", str(copy)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -136,7 +137,7 @@ def test_tampering_is_detected_by_scoregate_audit_verify(
     assert good.returncode == 0
     tamper(copy, how)
     bad = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "verify", str(copy)],
+        [sys.executable, "-m", "gateway", "--state-dir", str(stack.state), "audit", "verify", str(copy)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -173,6 +174,7 @@ async def test_failing_sink_fails_closed_with_503_and_loses_nothing(tmp_path: Pa
     assert statuses[0] == 200
     assert 503 in statuses  # failed closed while the sink failed
     assert statuses[-1] == 200  # and served again once it recovered
-    written = [orjson.loads(line)["request_id"] for line in sink.lines]
+    records = [orjson.loads(line) for line in sink.lines]
+    written = [r["request_id"] for r in records if r["type"] == "request"]
     assert sorted(written) == sorted(ids)  # every request, the refused ones too, exactly once
     assert gw.audit.lost == 0

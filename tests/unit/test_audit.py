@@ -8,7 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.audit import GENESIS, AuditEvent, AuditTrail, FileSink, seal, verify
+from gateway.audit import GENESIS, AuditEvent, AuditTrail, FileSink, seal
+from gateway.auditlog import verify
 
 
 def event(i: int = 0, **changes: object) -> AuditEvent:

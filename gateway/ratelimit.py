@@ -1,0 +1,307 @@
+"""Rate limits with the `limits` library (OWASP API4: unrestricted resource consumption).
+
+    policies/ratelimits.toml ─▶ RateLimitPolicy (validated at start)
+    request ─▶ Limiter.check_address (before authentication, cost 1)
+            ─▶ Limiter.failed_authentication (after a 401, its own stricter limit)
+            ─▶ Limiter.check_principal (after authorization, cost = instances)
+
+Limits are written as `limits` strings ("100/second;3000/minute", as slowapi writes
+them) and keyed by the authenticated principal's subject or by the trusted client
+address: never by a header the client controls. Storage comes from a URI: ``memory://``
+for one replica, ``async+redis://…`` when replicas must share counts.
+
+When the shared storage fails, the written policy applies (``on_storage_failure``):
+- ``memory`` (default): fall back to this replica's own memory counters, flag it in
+  readiness and in every audit record, and return to the shared storage when it answers;
+- ``closed``: refuse with 503 until the storage answers;
+- ``open``: admit without limits (audited as such).
+Never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+from limits.storage import storage_from_string
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.errors import GatewayError, Unavailable
+from gateway.principal import Principal
+
+log = logging.getLogger("gateway.ratelimit")
+StrategyName = Literal["sliding-window-counter", "moving-window", "fixed-window"]
+FailurePolicy = Literal["memory", "closed", "open"]
+# A storage call slower than this counts as a failure: the limiter must not become the
+# slowest part of the request path when Redis is in trouble.
+STORAGE_TIMEOUT_S = 0.25
+_RECHECK_S = 1.0
+_STRATEGIES: dict[str, type[RateLimiter]] = {
+    "sliding-window-counter": SlidingWindowCounterRateLimiter,
+    "moving-window": MovingWindowRateLimiter,
+    "fixed-window": FixedWindowRateLimiter,
+}
+
+
+class RateLimitPolicyError(Exception):
+    """The rate-limit policy file is invalid; the gateway refuses to start."""
+
+
+def _limit_string(value: str) -> str:
+    if value.strip():
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"invalid limit {value!r}: {exc}") from None
+    return value
+
+
+class _Defaults(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    per_principal: str = "100/second;3000/minute"
+    per_principal_model: str = ""
+    per_address: str = "200/second"
+    failed_auth_per_address: str = "10/minute;50/hour"
+
+    @field_validator("*")
+    @classmethod
+    def _valid(cls, value: str) -> str:
+        return _limit_string(value)
+
+
+class _Override(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    principal: str = Field(min_length=1)
+    model: str | None = None
+    limits: str
+    strategy: StrategyName | None = None
+
+    @field_validator("limits")
+    @classmethod
+    def _valid(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("an override needs a limit")
+        return _limit_string(value)
+
+
+class RateLimitPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: StrategyName = "sliding-window-counter"
+    defaults: _Defaults = _Defaults()
+    overrides: tuple[_Override, ...] = ()
+
+    @classmethod
+    def load(cls, path: Path, known_models: tuple[str, ...]) -> RateLimitPolicy:
+        try:
+            with path.open("rb") as fh:
+                policy = cls.model_validate(tomllib.load(fh))
+        except FileNotFoundError:
+            raise RateLimitPolicyError(f"{path}: file not found") from None
+        except (tomllib.TOMLDecodeError, ValidationError) as exc:
+            raise RateLimitPolicyError(f"{path}: {exc}") from exc
+        for override in policy.overrides:
+            if override.model is not None and override.model not in known_models:
+                raise RateLimitPolicyError(
+                    f"{path}: override for {override.principal!r} "
+                    f"names unknown model {override.model!r}"
+                )
+        return policy
+
+
+class RateLimited(GatewayError):
+    """429 with Retry-After and the IETF RateLimit headers.
+
+    Header syntax follows draft-ietf-httpapi-ratelimit-headers: ``RateLimit-Policy`` names
+    the policy with its quota ``q`` and window ``w`` (seconds); ``RateLimit`` gives the
+    remaining quota ``r`` and the seconds ``t`` until it resets.
+    """
+
+    status, code, default_message = 429, "rate_limited", "too many requests, retry later"
+
+    def __init__(
+        self, *, policy: str, item: RateLimitItem, remaining: int, reset_in_s: float
+    ) -> None:
+        super().__init__(reason=f"rate_limit_{policy}")
+        retry = max(1, math.ceil(reset_in_s))
+        self.headers = {
+            # RFC 9110 §10.2.3: seconds to wait before retrying.
+            "Retry-After": str(retry),
+            "RateLimit-Policy": f'"{policy}";q={item.amount};w={item.get_expiry()}',
+            "RateLimit": f'"{policy}";r={remaining};t={retry}',
+        }
+
+
+@dataclass(frozen=True)
+class _Rule:
+    name: str  # the policy name clients see in the headers
+    items: tuple[RateLimitItem, ...]
+    strategy: StrategyName
+
+
+def _rule(name: str, text: str, strategy: StrategyName) -> _Rule | None:
+    return _Rule(name, tuple(parse_many(text)), strategy) if text.strip() else None
+
+
+class Limiter:
+    def __init__(
+        self, policy: RateLimitPolicy, storage_uri: str, on_failure: FailurePolicy
+    ) -> None:
+        self.policy = policy
+        self.storage_uri = storage_uri
+        self.on_failure = on_failure
+        self._shared: Storage = _storage(storage_uri)
+        self._fallback: Storage = MemoryStorage()
+        self._strategies: dict[tuple[int, str], RateLimiter] = {}
+        self.degraded = False  # True while the shared storage is failing
+        self._recheck_task: asyncio.Task[None] | None = None
+        d, s = policy.defaults, policy.strategy
+        self._address = _rule("address", d.per_address, s)
+        self._failed = _rule("failed-auth", d.failed_auth_per_address, s)
+        self._principal = _rule("principal", d.per_principal, s)
+        self._principal_model = _rule("principal-model", d.per_principal_model, s)
+        self._overrides: dict[tuple[str, str | None], _Rule] = {}
+        for o in policy.overrides:
+            rule = _rule("principal-model" if o.model else "principal", o.limits, o.strategy or s)
+            if rule is not None:
+                self._overrides[(o.principal, o.model)] = rule
+
+    @property
+    def state(self) -> str:
+        """What counts requests now: the shared storage, the memory fallback, or nothing."""
+        if not self.degraded:
+            return "memory" if self.storage_uri.startswith("memory") else "shared"
+        return {"memory": "memory-fallback", "closed": "closed", "open": "open"}[self.on_failure]
+
+    def _limiter(self, storage: Storage, strategy: StrategyName) -> RateLimiter:
+        key = (id(storage), strategy)
+        limiter = self._strategies.get(key)
+        if limiter is None:
+            limiter = _STRATEGIES[strategy](storage)
+            self._strategies[key] = limiter
+        return limiter
+
+    async def _hit(self, rule: _Rule | None, key: tuple[str, ...], cost: int) -> None:
+        if rule is None or cost <= 0:
+            return
+        for item in rule.items:
+            allowed = await self._call(rule, "hit", item, key, cost)
+            if allowed is False:
+                await self._deny(rule, item, key)
+
+    async def _deny(self, rule: _Rule, item: RateLimitItem, key: tuple[str, ...]) -> None:
+        stats = await self._call(rule, "get_window_stats", item, key, 0)
+        if stats is None:
+            reset_in, remaining = float(item.get_expiry()), 0
+        else:
+            reset_in, remaining = max(0.0, stats.reset_time - time.time()), int(stats.remaining)
+        raise RateLimited(policy=rule.name, item=item, remaining=remaining, reset_in_s=reset_in)
+
+    async def _call(
+        self, rule: _Rule, op: str, item: RateLimitItem, key: tuple[str, ...], cost: int
+    ) -> Any:
+        """One limiter operation; on storage failure, the written policy decides."""
+        if not self.degraded:
+            try:
+                async with asyncio.timeout(STORAGE_TIMEOUT_S):
+                    limiter = self._limiter(self._shared, rule.strategy)
+                    if op == "hit":
+                        return await limiter.hit(item, *key, cost=cost)
+                    return await limiter.get_window_stats(item, *key)
+            except Exception as exc:  # any storage fault: connection, timeout, protocol
+                self._enter_degraded(exc)
+        if self.on_failure == "closed":
+            raise Unavailable(
+                "rate limiting is unavailable, retry later", reason="ratelimit_storage_down"
+            )
+        if self.on_failure == "open":
+            return True if op == "hit" else None
+        limiter = self._limiter(self._fallback, rule.strategy)
+        if op == "hit":
+            return await limiter.hit(item, *key, cost=cost)
+        return await limiter.get_window_stats(item, *key)
+
+    def _enter_degraded(self, exc: Exception) -> None:
+        if not self.degraded:
+            log.error(
+                "rate-limit storage failed (%s); policy %r applies",
+                type(exc).__name__,
+                self.on_failure,
+            )
+            self.degraded = True
+        if self._recheck_task is None or self._recheck_task.done():
+            self._recheck_task = asyncio.create_task(self._recheck(), name="ratelimit-recheck")
+
+    async def _recheck(self) -> None:
+        """Return to the shared storage as soon as it answers again."""
+        while self.degraded:
+            await asyncio.sleep(_RECHECK_S)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STORAGE_TIMEOUT_S):
+                    if await self._shared.check():
+                        log.warning("rate-limit storage is back; shared limits apply again")
+                        self.degraded = False
+
+    async def close(self) -> None:
+        if self._recheck_task is not None:
+            self._recheck_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recheck_task
+
+    # -- the three checks the request path makes ---------------------------------------
+    async def check_address(self, address: str) -> None:
+        """Before authentication: the per-address limit, and the failed-auth block."""
+        await self._hit(self._address, ("address", address), 1)
+        failed = self._failed
+        if failed is not None:
+            for item in failed.items:
+                stats = await self._call(failed, "get_window_stats", item, ("failed", address), 0)
+                if stats is not None and stats.remaining <= 0:
+                    await self._deny(failed, item, ("failed", address))
+
+    async def failed_authentication(self, address: str) -> None:
+        """Count a failed authentication against the address (brute force, OWASP API2)."""
+        failed = self._failed
+        if failed is None:
+            return
+        for item in failed.items:
+            await self._call(failed, "hit", item, ("failed", address), 1)
+
+    async def check_principal(self, principal: Principal, model: str, cost: int) -> None:
+        """After authorization: per principal, then per principal and model; cost = instances."""
+        subject = principal.subject
+        rule = self._overrides.get((subject, None), self._principal)
+        await self._hit(rule, ("principal", subject), cost)
+        rule = self._overrides.get((subject, model), self._principal_model)
+        await self._hit(rule, ("principal-model", subject, model), cost)
+
+
+def _storage(uri: str) -> Storage:
+    if uri == "memory://":
+        uri = "async+memory://"  # the embedded default, written as users expect it
+    options: dict[str, float | str | bool] = {}
+    if uri.startswith("async+redis"):
+        options = {"connect_timeout": STORAGE_TIMEOUT_S, "stream_timeout": STORAGE_TIMEOUT_S}
+    storage = storage_from_string(uri, **options)
+    if not isinstance(storage, Storage):
+        raise RateLimitPolicyError(
+            f"rate-limit storage {uri!r} is not an async storage (use async+redis://)"
+        )
+    return storage
