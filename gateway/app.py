@@ -110,15 +110,27 @@ class Gateway:
             self._ready = (now, upstreams_ok, upstreams)
         staleness = self.keys.staleness_s()
         limiter = self.limiter.state
+        keys_fresh = staleness is not None and staleness <= self.settings.key_max_staleness_s
+        # A background task that ended (it never should) makes the replica unfit to serve.
+        tasks_alive = all(not task.done() for task in self._tasks)
         checks = {
             "keys_loaded": self.keys.loaded,
+            "keys_fresh": keys_fresh,
             "keys_staleness_s": None if staleness is None else round(staleness, 1),
+            "keys_last_error": self.keys.last_error,
+            "background_tasks_alive": tasks_alive,
             "audit_accepting": self.audit.accepting,
             "audit_signing": self.audit.signer is not None,
             "rate_limit_storage": limiter,
             "upstreams": upstreams,
         }
-        ready = self.keys.loaded and self.audit.accepting and upstreams_ok and limiter != "closed"
+        ready = (
+            keys_fresh
+            and tasks_alive
+            and self.audit.accepting
+            and upstreams_ok
+            and limiter != "closed"
+        )
         return ready, checks
 
 
@@ -151,6 +163,8 @@ def create_app(gw: Gateway) -> Quart:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = settings.body_timeout_s
     app.config["RESPONSE_TIMEOUT"] = None
+    # No automatic OPTIONS answers: every route serves exactly its listed methods (405 else).
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     security_headers = {
         # RFC 6797: browsers must use HTTPS for this host from now on.
         "Strict-Transport-Security": f"max-age={settings.hsts_max_age_s}; includeSubDomains",
@@ -173,7 +187,9 @@ def create_app(gw: Gateway) -> Quart:
     @app.before_request
     async def _begin() -> None:
         g.start = time.perf_counter()
-        g.request_id = context.request_id(request.headers.get("x-request-id"))
+        # Our own id always: a client-chosen one could collide with another request's.
+        g.request_id = context.new_request_id()
+        g.client_request_id = context.client_request_id(request.headers.get("x-request-id"))
         g.client = context.client_address(
             request.remote_addr, request.headers.get("x-forwarded-for"), settings.trusted_proxy_hops
         )
@@ -184,15 +200,16 @@ def create_app(gw: Gateway) -> Quart:
         g.bytes_in = 0
         g.body_read = False
         g.payload_sha256 = None
-        context.reject_credentials_in_query(request.args)
+        g.audit_reserved = gw.audit.reserve()
+        if not g.audit_reserved:
+            # Fail closed: no request is served that cannot be audited.
+            raise AuditUnavailable(reason="audit_unavailable")
+        context.reject_credentials_in_query(request.args.items(multi=True))
         if "transfer-encoding" in request.headers and "content-length" in request.headers:
             # RFC 9112 §6.1: both framings at once is how requests are smuggled past a
             # proxy; refuse rather than pick one, and close the connection after answering.
             g.close_connection = True
             raise BadRequest("ambiguous message framing", reason="ambiguous_framing")
-        if not gw.audit.accepting:
-            # Fail closed: no request is served that cannot be audited.
-            raise AuditUnavailable(reason="audit_unavailable")
         if request.endpoint not in _PROBES:
             # Before authentication: per-address limit and the failed-authentication block.
             await gw.limiter.check_address(g.client)
@@ -223,33 +240,50 @@ def create_app(gw: Gateway) -> Quart:
         response.headers["X-Request-Id"] = g.request_id
         if g.get("close_connection") and request.http_version.startswith("1"):
             response.headers["Connection"] = "close"
-        principal = g.principal
+        record_audit(response.status_code, response.content_length or 0)
+        return response
+
+    def record_audit(status: int, bytes_out: int) -> None:
+        """The request's one audit record; written once, from `_finish` or `_teardown`."""
+        reserved = g.get("audit_reserved", False)
+        g.audit_reserved = False
+        g.audited = True
+        principal = g.get("principal")
         rule = request.url_rule
         gw.audit.record(
             AuditEvent(
                 time=utc_timestamp(),
                 request_id=g.request_id,
+                client_request_id=g.get("client_request_id"),
                 client=g.client,
                 method=request.method[:16],
                 path=request.path[:256],  # never the query string
                 route=rule.endpoint if rule is not None else "-",
-                model=g.model,
+                model=g.get("model"),
                 subject=principal.subject if principal else None,
                 credential=principal.credential if principal else None,
                 key_id=principal.key_id if principal else None,
                 key_version=principal.key_version if principal else None,
-                decision=g.decision,
-                reason=g.reason,
-                status=response.status_code,
+                decision=g.get("decision", "deny"),
+                reason=g.get("reason", "ok"),
+                status=status,
                 latency_ms=round((time.perf_counter() - g.start) * 1000, 3),
-                bytes_in=g.bytes_in,
-                bytes_out=response.content_length or 0,
-                payload_sha256=g.payload_sha256,
+                bytes_in=g.get("bytes_in", 0),
+                bytes_out=bytes_out,
+                payload_sha256=g.get("payload_sha256"),
                 instances=g.get("instances"),
                 limiter=gw.limiter.state if request.endpoint not in _PROBES else None,
-            )
+            ),
+            reserved=reserved,
         )
-        return response
+
+    @app.teardown_request
+    async def _teardown(exc: BaseException | None) -> None:
+        # A request that ended without a response (the client went away, the handler was
+        # cancelled) still gets its one record, and gives back its reserved slot.
+        if "start" in g and not g.get("audited", False):
+            g.reason = "client_disconnected"
+            record_audit(499, 0)
 
     def _render_error(exc: GatewayError) -> Response:
         g.reason = exc.reason

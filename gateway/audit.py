@@ -52,6 +52,7 @@ class AuditEvent:
 
     time: str
     request_id: str
+    client_request_id: str | None
     client: str
     method: str
     path: str
@@ -72,6 +73,10 @@ class AuditEvent:
     limiter: str | None = None  # which counter decided: memory, shared, memory-fallback, open
     type: str = "request"
     node: str = NODE
+
+
+class AuditTrailError(Exception):
+    """The trail on disk cannot be continued safely; the gateway refuses to start."""
 
 
 def canonical(record: dict[str, Any]) -> bytes:
@@ -137,40 +142,51 @@ class FileSink:
         self._open()
 
     def _open(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._file = os.fdopen(fd, "ab", buffering=0)
-        self._size = os.fstat(fd).st_size
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._size = os.fstat(self._fd).st_size
         self._opened = time.monotonic()
 
     def tail(self) -> tuple[int, str]:
         for path in reversed(chain_files(self.path.parent)):
             last = _last_line(path)
             if last is not None:
-                record = orjson.loads(last)
-                return int(record["seq"]), str(record["hash"])
+                try:
+                    record = orjson.loads(last)
+                    return int(record["seq"]), str(record["hash"])
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    raise AuditTrailError(
+                        f"{path} ends with a partial or foreign record; inspect it with "
+                        "`scoregate audit verify` before the gateway appends to it"
+                    ) from None
         return 0, GENESIS
 
     def _rotate(self) -> None:
         last = _last_line(self.path)
         if last is None:
             return
-        self._file.close()
+        os.close(self._fd)
         os.replace(self.path, self.path.with_name(rotated_name(int(orjson.loads(last)["seq"]))))
         self._open()
 
     def write(self, lines: list[bytes]) -> None:
-        data = b"".join(lines)
+        data = memoryview(b"".join(lines))
         too_big = self._size and self._size + len(data) > self._rotate_bytes
         too_old = self._size and time.monotonic() - self._opened > self._rotate_interval_s
         if too_big or too_old:
             self._rotate()
-        self._file.write(data)
-        self._size += len(data)
-        if self._fsync:
-            os.fsync(self._file.fileno())
+        try:
+            while data:  # os.write may write less than asked (a full disk, a size limit)
+                data = data[os.write(self._fd, data) :]
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError:
+            # Cut back to the last whole record so the retry does not glue onto half a line.
+            os.ftruncate(self._fd, self._size)
+            raise
+        self._size = os.fstat(self._fd).st_size
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
 
 
 class StdoutSink:
@@ -213,7 +229,11 @@ class AuditTrail:
         checkpoint_interval_s: float = 60.0,
     ) -> None:
         self._sink = sink
-        self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(maxsize=queue_size)
+        # Capacity is counted here, not by the queue: a request admitted while the trail
+        # accepted holds a reserved slot, so its record always fits when it ends.
+        self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue()
+        self._capacity = queue_size
+        self._reserved = 0
         self._seq, self._prev = sink.tail()
         self.signer = signer
         self._checkpoint_every = checkpoint_every
@@ -226,23 +246,40 @@ class AuditTrail:
         self.lost = 0
         self.written = 0
 
+    def _free(self) -> int:
+        return self._capacity - self._queue.qsize() - self._reserved
+
     @property
     def accepting(self) -> bool:
         """False when the queue is full, the sink is failing or the trail is shutting down."""
-        return self._sink_ok and not self._closing and not self._queue.full()
+        return self._sink_ok and not self._closing and self._free() > 0
 
     @property
     def depth(self) -> int:
         return self._queue.qsize()
 
-    def record(self, event: AuditEvent) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            # Only reachable for the 503s that fail-closed produced: counted and logged
-            # loudly with the request id, never silently.
+    def reserve(self) -> bool:
+        """Admit a request: True, with a slot held for its record, when the trail accepts."""
+        if not self.accepting:
+            return False
+        self._reserved += 1
+        return True
+
+    def release(self) -> None:
+        self._reserved -= 1
+
+    def record(self, event: AuditEvent, *, reserved: bool) -> None:
+        """Queue a record. A reserved one always fits; an unreserved one (a request refused
+        because the trail was failing) takes free room or is counted and logged loudly."""
+        if reserved:
+            self._reserved -= 1
+        elif self._free() <= 0:
             self.lost += 1
-            log.error("audit queue full: record for request %s not written", event.request_id)
+            log.error(
+                "audit queue full: record for refused request %s not written", event.request_id
+            )
+            return
+        self._queue.put_nowait(event)
 
     def _checkpoint_due(self) -> bool:
         if self.signer is None or self._since_checkpoint == 0:
@@ -256,20 +293,10 @@ class AuditTrail:
         self, events: list[AuditEvent], *, force_checkpoint: bool = False
     ) -> tuple[list[bytes], int, str, int]:
         seq, prev, since, lines = self._seq, self._prev, self._since_checkpoint, []
-        for event in events:
-            seq += 1
-            line, prev = seal(asdict(event), seq, prev)
-            lines.append(line)
-            since += 1
-        if (
-            self.signer is not None
-            and since
-            and (
-                force_checkpoint
-                or since >= self._checkpoint_every
-                or time.monotonic() - self._last_checkpoint >= self._checkpoint_interval_s
-            )
-        ):
+
+        def checkpoint() -> None:
+            nonlocal seq, prev, since
+            assert self.signer is not None  # noqa: S101 - callers checked
             fields = self.signer.checkpoint(
                 time=utc_timestamp(), node=NODE, from_seq=seq - since + 1, to_seq=seq, head=prev
             )
@@ -277,6 +304,17 @@ class AuditTrail:
             line, prev = seal(fields, seq, prev)
             lines.append(line)
             since = 0
+
+        for event in events:
+            seq += 1
+            line, prev = seal(asdict(event), seq, prev)
+            lines.append(line)
+            since += 1
+            if self.signer is not None and since >= self._checkpoint_every:
+                checkpoint()
+        overdue = time.monotonic() - self._last_checkpoint >= self._checkpoint_interval_s
+        if self.signer is not None and since and (force_checkpoint or overdue):
+            checkpoint()
         return lines, seq, prev, since
 
     async def _write(self, lines: list[bytes]) -> None:
@@ -284,9 +322,9 @@ class AuditTrail:
             try:
                 # File writes block: they go to a thread so the loop keeps serving.
                 await asyncio.to_thread(self._sink.write, lines)
-            except OSError as exc:
+            except Exception as exc:  # any sink fault: full disk, closed pipe, bug
                 self._sink_ok = False
-                log.error("audit sink failed, failing closed and retrying: %s", exc)
+                log.error("audit sink failed, failing closed and retrying: %r", exc)
                 await asyncio.sleep(_RETRY_S)
                 continue
             self._sink_ok = True
@@ -297,7 +335,7 @@ class AuditTrail:
         if not lines:
             return
         await self._write(lines)
-        if since == 0 and self._since_checkpoint + len(events) > 0:
+        if any(b'"type":"checkpoint"' in line for line in lines[-1:]):
             self._last_checkpoint = time.monotonic()
         self._seq, self._prev, self._since_checkpoint = seq, prev, since
         self.written += len(events)

@@ -62,11 +62,18 @@ class VerifyResult:
         return self
 
 
-def verify(paths: Iterable[Path], keys: dict[str, Ed25519PublicKey] | None = None) -> VerifyResult:
+def verify(
+    paths: Iterable[Path],
+    keys: dict[str, Ed25519PublicKey] | None = None,
+    *,
+    partial: bool = False,
+) -> VerifyResult:
     """Check hashes, links and sequence across files in order, and checkpoint signatures.
 
-    With ``keys`` None only the chain is checked (a rewrite that recomputes every hash
-    then goes unnoticed: give the public key for proof).
+    The trail must start at the chain's first record (seq 1), so records removed from the
+    front are caught too; ``partial`` accepts a later range (e.g. after old files were
+    archived) and says where it starts. With ``keys`` None only the chain is checked (a
+    rewrite that recomputes every hash then goes unnoticed: give the public key for proof).
     """
     result = VerifyResult()
     prev: str | None = None
@@ -83,7 +90,14 @@ def verify(paths: Iterable[Path], keys: dict[str, Ed25519PublicKey] | None = Non
                     return result.fail(lineno, f"{where}: not a sealed record")
                 if hashlib.sha256(canonical(record)).hexdigest() != claimed:
                     return result.fail(lineno, f"{where}: record was altered")
-                if prev is None and record.get("prev") != GENESIS:
+                if prev is None and (record.get("prev") != GENESIS or record_seq != 1):
+                    if not partial:
+                        return result.fail(
+                            lineno,
+                            f"{where}: the trail starts at seq {record_seq}, not at the chain's "
+                            "first record (records removed from the front?); "
+                            "use --partial to verify a later range",
+                        )
                     result.notes.append(f"the range starts mid-chain at seq {record_seq}")
                 if prev is not None and record.get("prev") != prev:
                     return result.fail(

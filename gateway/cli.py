@@ -29,7 +29,7 @@ from certs.authority import (
     issue,
     load_certificate,
 )
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, unknown_environment
 
 
 def _out(line: str) -> None:
@@ -41,7 +41,14 @@ def _err(line: str) -> None:
     sys.stderr.write(f"scoregate: {line}\n")
 
 
+class SettingsError(Exception):
+    pass
+
+
 def _settings(args: argparse.Namespace, **overrides: Any) -> GatewaySettings:
+    unknown = unknown_environment(os.environ)
+    if unknown:
+        raise SettingsError(f"unknown settings in the environment: {', '.join(unknown)}")
     if args.state_dir is not None:
         overrides["state_dir"] = args.state_dir
     return GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
@@ -49,6 +56,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> GatewaySettings:
 
 # -- serve ---------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.audit import AuditTrailError
     from gateway.policy import PolicyError
     from gateway.ratelimit import RateLimitPolicyError
     from gateway.server import run
@@ -58,6 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run(settings)
     except (PolicyError, RateLimitPolicyError) as exc:
         _err(f"invalid policy: {exc}")
+        return 2
+    except AuditTrailError as exc:
+        _err(str(exc))
         return 2
     except FileNotFoundError as exc:
         _err(f"{exc.filename}: not found (run `scoregate certs init` first?)")
@@ -236,7 +247,7 @@ def _audit_verify(args: argparse.Namespace, store: Any) -> int:
         if not keys:
             _err("no public key to check checkpoint signatures: give --public-key or --chain-only")
             return 2
-    result = auditlog.verify(_audit_paths(args), keys)
+    result = auditlog.verify(_audit_paths(args), keys, partial=args.partial)
     for note in result.notes:
         _out(f"note: {note}")
     if not result.ok:
@@ -322,6 +333,7 @@ def parser() -> argparse.ArgumentParser:
         "--public-key", type=Path, help="PEM public key (default: from the secret store)"
     )
     ver.add_argument("--chain-only", action="store_true", help="skip signature checks")
+    ver.add_argument("--partial", action="store_true", help="accept a range that starts mid-chain")
     qry = asub.add_parser("query", help="records matching filters, as a table or JSON lines")
     qry.add_argument("paths", nargs="*", type=Path, help=paths_help)
     rep = asub.add_parser("report", help="summary for a period, as text, JSON or an HTML page")
@@ -349,6 +361,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         _err(f"invalid settings: {exc}")
         return 2
-    except CertificateError as exc:
+    except (CertificateError, SettingsError) as exc:
         _err(str(exc))
         return 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable
 
 from gateway.errors import CredentialsInQuery
 
@@ -33,11 +33,16 @@ _CREDENTIAL_PARAMS = frozenset(
 )
 
 
-def request_id(incoming: str | None) -> str:
-    """A well-formed incoming id is kept (to correlate across hops), anything else replaced."""
+def new_request_id() -> str:
+    """The gateway's own id for a request: unique, never chosen by the client."""
+    return secrets.token_hex(16)
+
+
+def client_request_id(incoming: str | None) -> str | None:
+    """The client's own correlation id when well-formed (kept beside ours), else None."""
     if incoming is not None and _REQUEST_ID.fullmatch(incoming):
         return incoming
-    return secrets.token_hex(16)
+    return None
 
 
 def client_address(peer: str | None, forwarded_for: str | None, trusted_hops: int) -> str:
@@ -54,8 +59,9 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted_hops: in
     return hops[-trusted_hops][:64]
 
 
-def reject_credentials_in_query(args: Mapping[str, str]) -> None:
-    for name, value in args.items():
+def reject_credentials_in_query(args: Iterable[tuple[str, str]]) -> None:
+    """Refuse a query string that names or carries a credential (every value of every name)."""
+    for name, value in args:
         normalised = name.lower().replace("-", "").replace("_", "")
-        if normalised in _CREDENTIAL_PARAMS or value.startswith(("sg_", "eyJ")):
+        if normalised in _CREDENTIAL_PARAMS or "sg_" in value or "eyJ" in value:
             raise CredentialsInQuery(reason="credentials_in_query")

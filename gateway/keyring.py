@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.secretstore import SecretStore, SecretStoreError, SecretVersion
+from gateway.secretstore import SecretStore, SecretVersion
 
 log = logging.getLogger("gateway.keys")
 SECRET_PREFIX = "apikey-"  # noqa: S105 - a name prefix, not a secret
@@ -96,6 +96,6 @@ class KeyRing:
             await asyncio.sleep(self._interval)
             try:
                 await self.refresh()
-            except SecretStoreError as exc:
-                self.last_error = str(exc)
-                log.warning("key refresh failed, keeping the last good set: %s", exc)
+            except Exception as exc:  # a store fault or a malformed entry: never stop refreshing
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("key refresh failed, keeping the last good set: %s", self.last_error)

@@ -13,11 +13,14 @@ a crash never loses the previous content.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
+import fcntl
 import json
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -96,7 +99,6 @@ class LocalSecretStore:
         self.path = path
         self._stamp: tuple[int, int] | None = None
         self._cache: dict[str, list[SecretVersion]] = {}
-        self._lock = asyncio.Lock()
 
     # -- reading ---------------------------------------------------------------
     def _load(self) -> dict[str, list[SecretVersion]]:
@@ -113,6 +115,15 @@ class LocalSecretStore:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise SecretStoreError(f"cannot read secret store {self.path}: {exc}") from exc
+        try:
+            store = self._parse(raw)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SecretStoreError(f"secret store {self.path} is malformed: {exc!r}") from exc
+        self._stamp, self._cache = stamp, store
+        return store
+
+    @staticmethod
+    def _parse(raw: Any) -> dict[str, list[SecretVersion]]:
         store: dict[str, list[SecretVersion]] = {}
         for name, versions in raw.get("secrets", {}).items():
             store[name] = [
@@ -128,8 +139,24 @@ class LocalSecretStore:
                 )
                 for v in versions
             ]
-        self._stamp, self._cache = stamp, store
         return store
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, list[SecretVersion]]]:
+        """The store, re-read under an exclusive lock held until the caller's write is done.
+
+        The lock is an `flock` on a sibling file, so two processes (a `scoregate keys`
+        command and another, or the gateway making its signing key) never lose each other's
+        changes.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path.with_name(f".{self.path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._stamp = None  # never trust the cache inside the lock
+            yield dict(self._load())
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def _save(self, store: dict[str, list[SecretVersion]]) -> None:
         doc: dict[str, Any] = {
@@ -171,16 +198,10 @@ class LocalSecretStore:
         store = await asyncio.to_thread(self._load)
         return list(store.get(name, []))
 
-    async def set(
-        self,
-        name: str,
-        value: str,
-        *,
-        tags: Mapping[str, str],
-        expires_on: dt.datetime | None = None,
+    def _set(
+        self, name: str, value: str, tags: Mapping[str, str], expires_on: dt.datetime | None
     ) -> SecretVersion:
-        async with self._lock:
-            store = dict(self._load())
+        with self._locked() as store:
             version = SecretVersion(
                 name=name,
                 version=secrets.token_hex(16),  # Key Vault versions are 32 hex characters
@@ -191,8 +212,35 @@ class LocalSecretStore:
                 expires_on=expires_on,
             )
             store[name] = [*store.get(name, []), version]
-            await asyncio.to_thread(self._save, store)
+            self._save(store)
             return version
+
+    def _update(
+        self, name: str, version: str, enabled: bool | None, expires_on: dt.datetime | None
+    ) -> SecretVersion:
+        with self._locked() as store:
+            versions = list(store.get(name, []))
+            for i, v in enumerate(versions):
+                if v.version == version:
+                    versions[i] = dataclasses.replace(
+                        v,
+                        enabled=v.enabled if enabled is None else enabled,
+                        expires_on=v.expires_on if expires_on is None else expires_on,
+                    )
+                    store[name] = versions
+                    self._save(store)
+                    return versions[i]
+        raise SecretStoreError(f"secret {name!r} has no version {version!r}")
+
+    async def set(
+        self,
+        name: str,
+        value: str,
+        *,
+        tags: Mapping[str, str],
+        expires_on: dt.datetime | None = None,
+    ) -> SecretVersion:
+        return await asyncio.to_thread(self._set, name, value, tags, expires_on)
 
     async def update(
         self,
@@ -202,26 +250,7 @@ class LocalSecretStore:
         enabled: bool | None = None,
         expires_on: dt.datetime | None = None,
     ) -> SecretVersion:
-        async with self._lock:
-            store = dict(self._load())
-            versions = list(store.get(name, []))
-            for i, v in enumerate(versions):
-                if v.version == version:
-                    updated = SecretVersion(
-                        name=v.name,
-                        version=v.version,
-                        value=v.value,
-                        tags=v.tags,
-                        enabled=v.enabled if enabled is None else enabled,
-                        created_on=v.created_on,
-                        expires_on=v.expires_on if expires_on is None else expires_on,
-                        not_before=v.not_before,
-                    )
-                    versions[i] = updated
-                    store[name] = versions
-                    await asyncio.to_thread(self._save, store)
-                    return updated
-        raise SecretStoreError(f"secret {name!r} has no version {version!r}")
+        return await asyncio.to_thread(self._update, name, version, enabled, expires_on)
 
     async def close(self) -> None:
         return None

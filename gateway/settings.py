@@ -6,6 +6,7 @@ rejected so a mistyped setting fails the start instead of being ignored.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +50,8 @@ class GatewaySettings(BaseSettings):
     secret_store: Literal["local"] = "local"  # noqa: S105 - a backend name
     local_store_path: Path | None = None  # default: <state_dir>/secrets.json
     key_refresh_interval_s: float = Field(default=2.0, gt=0)
+    # Readiness fails when the last good key refresh is older than this.
+    key_max_staleness_s: float = Field(default=300.0, gt=0)
 
     # Rate limits: policy file, storage URI (memory:// or async+redis://host:port), and
     # what happens when that storage fails (see gateway/ratelimit.py).
@@ -87,3 +90,23 @@ class GatewaySettings(BaseSettings):
     @property
     def audit_file(self) -> Path:
         return self.audit_path or self.state_dir / "audit" / "audit.jsonl"
+
+
+# Variables under our prefix that are not gateway settings but are ours all the same.
+_OTHER_OWN_VARIABLES = ("SCOREGATE_API_KEY", "SCOREGATE_SCORER_")
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """``SCOREGATE_*`` variables that match no setting: a typo must not pass silently.
+
+    pydantic-settings rejects unknown constructor arguments but ignores unknown
+    environment variables, so the entry point asks this before starting.
+    """
+    known = {f"SCOREGATE_{name.upper()}" for name in GatewaySettings.model_fields}
+    return sorted(
+        name
+        for name in environ
+        if name.startswith("SCOREGATE_")
+        and name not in known
+        and not name.startswith(_OTHER_OWN_VARIABLES)
+    )

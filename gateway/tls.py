@@ -39,8 +39,9 @@ def server_context(
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if profile == "modern" else ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(INTERMEDIATE_CIPHERS)
     # No TLS compression (CRIME; RFC 7540 §9.2.1 forbids it for HTTP/2), no
-    # renegotiation, fresh ECDH keys per handshake; no session tickets, as Mozilla
-    # advises (tickets undermine forward secrecy unless their keys rotate).
+    # renegotiation, fresh ECDH keys per handshake; no stateless session tickets, as
+    # Mozilla advises (a long-lived ticket key undermines forward secrecy): OpenSSL then
+    # resumes from its server-side session cache instead (TLS 1.3 tickets become ids).
     ctx.options |= (
         ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE | ssl.OP_NO_TICKET
     )

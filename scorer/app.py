@@ -34,6 +34,7 @@ def _error(exc: ScorerError) -> Response:
 def create_app(models: dict[str, Runtime], *, max_body_bytes: int) -> Quart:
     app = Quart("scorer")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
     def model(name: str) -> Runtime:
         runtime = models.get(name)
@@ -99,6 +100,7 @@ def create_app(models: dict[str, Runtime], *, max_body_bytes: int) -> Quart:
         names = dataplane.requested_outputs(body, runtime.outputs)
         # Blocking model code runs in a thread: the loop stays free for other requests.
         outputs = await asyncio.to_thread(runtime.predict, batch, names)
+        dataplane.check_outputs(outputs)
         request_id = body.get("id") if isinstance(body.get("id"), str) else None
         return _json(dataplane.encode_v2(outputs, runtime.settings, request_id))
 
@@ -107,6 +109,7 @@ def create_app(models: dict[str, Runtime], *, max_body_bytes: int) -> Quart:
         runtime = model(name)
         batch = dataplane.decode_v1(await body_json(), runtime.settings)
         outputs = await asyncio.to_thread(runtime.predict, batch, runtime.outputs[:1])
+        dataplane.check_outputs(outputs)
         return _json(dataplane.encode_v1(outputs))
 
     return app

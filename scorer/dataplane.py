@@ -79,9 +79,13 @@ def _to_array(data: Any, datatype: str, spec: TensorSpec) -> np.ndarray[Any, Any
         raise InvalidInput("input data must be numbers")
     if raw.dtype.kind == "f" and datatype.startswith("INT"):
         raise InvalidInput(f"datatype {datatype} needs integer data")
-    if datatype.startswith("INT") and raw.size:
-        bounds = np.iinfo(np.dtype(NUMPY_DTYPES[datatype]))
-        if raw.min() < bounds.min or raw.max() > bounds.max:
+    if raw.size and datatype.startswith("INT"):
+        ibounds = np.iinfo(np.dtype(NUMPY_DTYPES[datatype]))
+        if raw.min() < ibounds.min or raw.max() > ibounds.max:
+            raise InvalidInput(f"input value out of range for {datatype}")
+    if raw.size and datatype in {"FP16", "FP32"} and raw.dtype.kind == "f":
+        fbounds = np.finfo(np.dtype(NUMPY_DTYPES[datatype]))
+        if np.nanmax(np.abs(raw)) > fbounds.max:
             raise InvalidInput(f"input value out of range for {datatype}")
     try:
         with np.errstate(over="raise", invalid="raise"):
@@ -157,6 +161,13 @@ def decode_v1(body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
     array = _to_array(instances, settings.input.datatype, settings.input)
     _batch_checked(array, settings.input, settings)
     return array
+
+
+def check_outputs(outputs: dict[str, np.ndarray[Any, Any]]) -> None:
+    """A model that answers NaN or infinity was given input it cannot score: say so (422)."""
+    for array in outputs.values():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInput("the model cannot score this input (its output is not finite)")
 
 
 def _datatype_of(array: np.ndarray[Any, Any]) -> str:

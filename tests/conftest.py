@@ -208,7 +208,9 @@ def gateway_env(
         SCOREGATE_STATE_DIR=str(state),
         SCOREGATE_ROUTES_FILE=str(routes),
         SCOREGATE_ACCESS_POLICY_FILE=str(access),
-        SCOREGATE_RATE_LIMIT_POLICY_FILE=str(ratelimits or write_ratelimits(state / "ratelimits.toml")),
+        SCOREGATE_RATE_LIMIT_POLICY_FILE=str(
+            ratelimits or write_ratelimits(state / "ratelimits.toml")
+        ),
         SCOREGATE_PORT=str(port),
         SCOREGATE_KEY_REFRESH_INTERVAL_S="0.3",
         SCOREGATE_LOG_LEVEL="INFO",

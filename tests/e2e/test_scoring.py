@@ -116,16 +116,24 @@ def test_unknown_model_is_404_and_audited(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "code", "reason"),
+    ("body", "reason", "message"),
     [
-        (b"{not json", "invalid_request", "body_not_json"),
-        (b'{"rows": []}', "invalid_request", "body_invalid"),
-        (b'{"instances": [[1, 2, 3]]}', "invalid_input", "upstream_rejected_input"),
-        (b'{"instances": [["a", 2, 3, 4]]}', "invalid_input", "upstream_rejected_input"),
+        (b"{not json", "body_not_json", "the body is not valid JSON"),
+        (b'{"rows": []}', "body_invalid", "'instances' must be a non-empty list"),
+        (
+            b'{"instances": [[1, 2, 3]]}',
+            "upstream_rejected_input",
+            "input dimension 1 must be 4, got 3",
+        ),
+        (
+            b'{"instances": [["a", 2, 3, 4]]}',
+            "upstream_rejected_input",
+            "input data must be numbers",
+        ),
     ],
 )
 def test_malformed_body_is_422_and_audited(
-    stack: Stack, body: bytes, code: str, reason: str
+    stack: Stack, body: bytes, reason: str, message: str
 ) -> None:
     with stack.client() as client:
         r = client.post(
@@ -134,10 +142,11 @@ def test_malformed_body_is_422_and_audited(
             headers={"api-key": stack.keys.iris, "content-type": "application/json"},
         )
     assert r.status_code == 422
-    assert r.json()["error"]["code"] == "invalid_request"
+    error = r.json()["error"]
+    # One public code; the message says what is wrong (the scorer's own words pass through).
+    assert (error["code"], error["message"]) == ("invalid_request", message)
     record = stack.audit_for(r.headers["x-request-id"])
     assert (record["decision"], record["reason"], record["status"]) == ("allow", reason, 422)
-    del code  # the scorer's finer code stays internal; the client sees invalid_request
 
 
 def test_http2_is_negotiated_over_alpn(stack: Stack) -> None:

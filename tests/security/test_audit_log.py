@@ -128,7 +128,16 @@ def test_tampering_is_detected_by_scoregate_audit_verify(
     copy = tmp_path / "audit.jsonl"
     copy.write_bytes(stack.audit_file.read_bytes())
     good = subprocess.run(
-        [sys.executable, "-m", "gateway", "--state-dir", str(stack.state), "audit", "verify", str(copy)],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--state-dir",
+            str(stack.state),
+            "audit",
+            "verify",
+            str(copy),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -137,7 +146,16 @@ def test_tampering_is_detected_by_scoregate_audit_verify(
     assert good.returncode == 0
     tamper(copy, how)
     bad = subprocess.run(
-        [sys.executable, "-m", "gateway", "--state-dir", str(stack.state), "audit", "verify", str(copy)],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--state-dir",
+            str(stack.state),
+            "audit",
+            "verify",
+            str(copy),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,

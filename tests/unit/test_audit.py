@@ -2,20 +2,34 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import resource
+import stat
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from gateway.audit import GENESIS, AuditEvent, AuditTrail, FileSink, seal
+from gateway import auditsign
+from gateway.audit import (
+    GENESIS,
+    AuditEvent,
+    AuditTrail,
+    AuditTrailError,
+    FileSink,
+    chain_files,
+    seal,
+)
 from gateway.auditlog import verify
+from gateway.secretstore import LocalSecretStore
 
 
-def event(i: int = 0, **changes: object) -> AuditEvent:
+def event(i: int = 0, **changes: Any) -> AuditEvent:
     base = AuditEvent(
         time="2026-11-26T00:00:00.000Z",
         request_id=f"req-{i:08d}",
+        client_request_id=None,
         client="127.0.0.1",
         method="POST",
         path="/v1/models/iris:predict",
@@ -33,29 +47,35 @@ def event(i: int = 0, **changes: object) -> AuditEvent:
         bytes_out=20,
         payload_sha256="0" * 64,
     )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return replace(base, **changes)
 
 
-async def write(path: Path, events: list[AuditEvent]) -> None:
-    trail = AuditTrail(FileSink(path), queue_size=1000)
-    writer = asyncio.create_task(trail.run())
+async def write(path: Path, events: list[AuditEvent], **trail: Any) -> AuditTrail:
+    sink = FileSink(path, rotate_bytes=trail.pop("rotate_bytes", 64 * 1024 * 1024))
+    audit = AuditTrail(sink, queue_size=1000, **trail)
+    writer = asyncio.create_task(audit.run())
     for e in events:
-        trail.record(e)
-    await trail.drain()
+        assert audit.reserve()
+        audit.record(e, reserved=True)
+    await audit.drain()
     writer.cancel()
-    trail.close()
+    audit.close()
+    return audit
+
+
+def lines_of(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
 async def test_records_are_chained_and_verify(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     await write(path, [event(i) for i in range(5)])
-    lines = path.read_bytes().splitlines()
-    records = [orjson.loads(line) for line in lines]
+    records = lines_of(path)
     assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
     assert records[0]["prev"] == GENESIS
     assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(records))
-    assert verify([path]).ok
-    assert verify([path]).records == 5
+    assert (verify([path]).ok, verify([path]).records) == (True, 5)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 async def test_chain_continues_across_restarts(tmp_path: Path) -> None:
@@ -64,7 +84,23 @@ async def test_chain_continues_across_restarts(tmp_path: Path) -> None:
     await write(path, [event(3)])
     result = verify([path])
     assert (result.ok, result.records) == (True, 3)
-    assert orjson.loads(path.read_bytes().splitlines()[-1])["seq"] == 3
+    assert lines_of(path)[-1]["seq"] == 3
+
+
+async def test_rotation_by_size_carries_the_chain_across_files(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    for batch in range(5):  # rotation happens between batches, never inside one
+        await write(path, [event(batch * 8 + i) for i in range(8)], rotate_bytes=4096)
+    files = chain_files(tmp_path)
+    assert len(files) > 2
+    assert files[-1] == path
+    assert all(f.name.startswith("audit-") for f in files[:-1])
+    assert verify([tmp_path]).records == 40
+    first_of_second = lines_of(files[1])[0]
+    assert first_of_second["prev"] == lines_of(files[0])[-1]["hash"]
+    # a rotated file removed from the middle is caught
+    files[1].unlink()
+    assert not verify([tmp_path]).ok
 
 
 @pytest.fixture
@@ -74,10 +110,14 @@ async def trail_file(tmp_path: Path) -> Path:
     return path
 
 
+def rewrite(path: Path, lines: list[bytes]) -> None:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
 def test_edited_record_is_detected_at_its_line(trail_file: Path) -> None:
     lines = trail_file.read_bytes().splitlines()
     lines[2] = lines[2].replace(b'"status":200', b'"status":403')
-    trail_file.write_bytes(b"\n".join(lines) + b"\n")
+    rewrite(trail_file, lines)
     result = verify([trail_file])
     assert (result.ok, result.line) == (False, 3)
     assert "altered" in (result.problem or "")
@@ -86,16 +126,25 @@ def test_edited_record_is_detected_at_its_line(trail_file: Path) -> None:
 def test_deleted_record_is_detected(trail_file: Path) -> None:
     lines = trail_file.read_bytes().splitlines()
     del lines[3]
-    trail_file.write_bytes(b"\n".join(lines) + b"\n")
+    rewrite(trail_file, lines)
     result = verify([trail_file])
     assert (result.ok, result.line) == (False, 4)
     assert "chain broken" in (result.problem or "")
 
 
+def test_records_deleted_from_the_front_are_detected(trail_file: Path) -> None:
+    rewrite(trail_file, trail_file.read_bytes().splitlines()[3:])
+    result = verify([trail_file])
+    assert (result.ok, result.line) == (False, 1)
+    assert "starts at seq 4" in (result.problem or "")
+    partial = verify([trail_file], partial=True)
+    assert partial.ok and partial.notes == ["the range starts mid-chain at seq 4"]
+
+
 def test_reordered_records_are_detected(trail_file: Path) -> None:
     lines = trail_file.read_bytes().splitlines()
     lines[1], lines[2] = lines[2], lines[1]
-    trail_file.write_bytes(b"\n".join(lines) + b"\n")
+    rewrite(trail_file, lines)
     assert verify([trail_file]).line == 2
 
 
@@ -106,14 +155,61 @@ def test_a_rehashed_forgery_still_breaks_the_chain(trail_file: Path) -> None:
     fields = {k: v for k, v in record.items() if k not in {"hash", "seq", "prev"}}
     fields["decision"] = "deny"
     lines[2] = seal(fields, record["seq"], record["prev"])[0].rstrip(b"\n")
-    trail_file.write_bytes(b"\n".join(lines) + b"\n")
+    rewrite(trail_file, lines)
     result = verify([trail_file])
     assert (result.ok, result.line) == (False, 4)
 
 
 def test_garbage_line_is_reported(trail_file: Path) -> None:
     trail_file.write_bytes(trail_file.read_bytes() + b"not json\n")
-    assert verify([trail_file]).problem is not None
+    assert "not a sealed record" in (verify([trail_file]).problem or "")
+
+
+async def test_signed_checkpoints_prove_a_range_even_against_a_full_rechain(tmp_path: Path) -> None:
+    store = LocalSecretStore(tmp_path / "secrets.json")
+    signer = await auditsign.load_signer(store, create=True)
+    assert signer is not None
+    path = tmp_path / "audit" / "audit.jsonl"
+    await write(path, [event(i) for i in range(7)], signer=signer, checkpoint_every=3)
+    records = lines_of(path)
+    kinds = [r["type"] for r in records]
+    # a checkpoint after every 3 records, and a last one at shutdown
+    assert kinds == ["request"] * 3 + ["checkpoint"] + ["request"] * 3 + ["checkpoint"] + [
+        "request",
+        "checkpoint",
+    ]
+    assert records[3]["head"] == records[2]["hash"]
+    assert (records[3]["from_seq"], records[3]["to_seq"]) == (1, 3)
+    keys = await auditsign.public_keys(store)
+    good = verify([path], keys)
+    assert (good.ok, good.checkpoints, good.unsigned_tail) == (True, 3, 0)
+
+    # Someone who can write the file flips a decision and recomputes every hash after it:
+    # the chain checks out, but the signed head no longer matches.
+    fields = [{k: v for k, v in r.items() if k not in {"seq", "prev", "hash"}} for r in records]
+    fields[1]["decision"] = "deny"
+    prev, forged = GENESIS, []
+    for seq, f in enumerate(fields, start=1):
+        if f["type"] == "checkpoint":
+            f["head"] = prev
+        line, prev = seal(f, seq, prev)
+        forged.append(line)
+    path.write_bytes(b"".join(forged))
+    assert verify([path]).ok  # the chain alone is fooled
+    forged_result = verify([path], keys)
+    assert not forged_result.ok
+    assert "bad signature" in (forged_result.problem or "")
+
+
+async def test_checkpoint_from_an_unknown_key_is_refused(tmp_path: Path) -> None:
+    store = LocalSecretStore(tmp_path / "secrets.json")
+    other = LocalSecretStore(tmp_path / "other.json")
+    signer = await auditsign.load_signer(store, create=True)
+    await auditsign.load_signer(other, create=True)
+    path = tmp_path / "audit.jsonl"
+    await write(path, [event(1)], signer=signer)
+    result = verify([path], await auditsign.public_keys(other))
+    assert "unknown key" in (result.problem or "")
 
 
 class FlakySink:
@@ -140,13 +236,15 @@ async def test_failing_sink_fails_closed_then_recovers_without_losing_records() 
     sink = FlakySink(failures=2)
     trail = AuditTrail(sink, queue_size=100)
     writer = asyncio.create_task(trail.run())
-    trail.record(event(1))
+    assert trail.reserve()
+    trail.record(event(1), reserved=True)
     for _ in range(50):
         await asyncio.sleep(0.01)
         if not trail.accepting:
             break
     assert not trail.accepting  # fail closed while the sink fails
-    trail.record(event(2))
+    assert not trail.reserve()
+    trail.record(event(2), reserved=False)  # a refused request's record still gets room
     await asyncio.wait_for(trail.drain(), timeout=5)
     writer.cancel()
     assert [orjson.loads(line)["request_id"] for line in sink.lines] == [
@@ -155,11 +253,46 @@ async def test_failing_sink_fails_closed_then_recovers_without_losing_records() 
     ]
 
 
-async def test_full_queue_stops_accepting() -> None:
-    trail = AuditTrail(FlakySink(0), queue_size=2)
-    trail.record(event(1))
-    assert trail.accepting
-    trail.record(event(2))
+async def test_admitted_requests_keep_their_slot_when_refusals_fill_the_queue() -> None:
+    # The reviewer's case: the sink fails while requests are in flight; the 503s it causes
+    # must not push the in-flight requests' records out.
+    trail = AuditTrail(FlakySink(failures=1_000_000), queue_size=4)
+    admitted = [trail.reserve() for _ in range(3)]
+    assert admitted == [True, True, True]
+    for i in range(10):  # refusals: only the one free slot is theirs
+        trail.record(event(100 + i), reserved=False)
+    assert trail.lost == 9
+    for i in range(3):
+        trail.record(event(i), reserved=True)
+    assert trail.depth == 4
     assert not trail.accepting
-    trail.record(event(3))
-    assert trail.lost == 1
+
+
+def test_partial_write_is_cut_back_and_retried_whole(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileSink(path)
+    line1, h1 = seal({"type": "request", "n": 1}, 1, GENESIS)
+    sink.write([line1])
+    size = path.stat().st_size
+    line2, _ = seal({"type": "request", "n": 2, "pad": "x" * 5000}, 2, h1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = __import__("signal").signal(__import__("signal").SIGXFSZ, __import__("signal").SIG_IGN)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 1000, hard))
+        with pytest.raises(OSError):
+            sink.write([line2])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        __import__("signal").signal(__import__("signal").SIGXFSZ, old)
+    assert path.stat().st_size == size  # no half record left behind
+    sink.write([line2])
+    sink.close()
+    assert verify([path]).records == 2
+
+
+def test_a_torn_last_record_stops_the_start_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    line, _ = seal({"type": "request"}, 1, GENESIS)
+    path.write_bytes(line + line[:20])
+    with pytest.raises(AuditTrailError, match="partial"):
+        FileSink(path).tail()

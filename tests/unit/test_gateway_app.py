@@ -230,12 +230,21 @@ async def test_unknown_route_and_method_are_json_and_audited(gw: GatewayUnderTes
     assert (r.status_code, (await r.get_json())["error"]["code"]) == (405, "method_not_allowed")
 
 
-async def test_incoming_request_id_is_kept_when_well_formed(
+async def test_request_id_is_always_ours_and_the_clients_is_recorded_beside_it(
     gw: GatewayUnderTest, upstream: Upstream
 ) -> None:
-    r = await predict(gw, json={"instances": ROWS}, headers={"x-request-id": "client-req-0001"})
-    assert r.headers["x-request-id"] == "client-req-0001"
-    assert upstream.seen[-1]["headers"]["x-request-id"] == "client-req-0001"
+    r1 = await predict(gw, json={"instances": ROWS}, headers={"x-request-id": "client-req-0001"})
+    r2 = await predict(gw, json={"instances": ROWS}, headers={"x-request-id": "client-req-0001"})
+    ours = r1.headers["x-request-id"]
+    assert ours != "client-req-0001" and ours != r2.headers["x-request-id"]
+    assert upstream.seen[-2]["headers"]["x-request-id"] == ours
+    record = await gw.record_for(ours)
+    assert record["client_request_id"] == "client-req-0001"
+
+
+async def test_options_is_405_not_an_automatic_answer(gw: GatewayUnderTest) -> None:
+    r = await gw.client.options("/v1/models/iris:predict")
+    assert (r.status_code, (await r.get_json())["error"]["code"]) == (405, "method_not_allowed")
 
 
 async def test_unexpected_exception_is_a_generic_500(
