@@ -39,7 +39,7 @@ def server_context(
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if profile == "modern" else ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(INTERMEDIATE_CIPHERS)
     # No TLS compression (CRIME; RFC 7540 §9.2.1 forbids it for HTTP/2), no
-    # renegotiation, fresh ECDH keys per handshake; no stateless session tickets, as
+    # renegotiation (OpenSSL >= 1.1 always uses fresh ECDH keys); no stateless tickets, as
     # Mozilla advises (a long-lived ticket key undermines forward secrecy): OpenSSL then
     # resumes from its server-side session cache instead (TLS 1.3 tickets become ids).
     ctx.options |= (

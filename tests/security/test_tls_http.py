@@ -37,6 +37,42 @@ def test_tls12_client_gets_only_mozilla_intermediate_ciphers(stack: Stack) -> No
     assert alpn == "h2"
 
 
+@pytest.mark.parametrize(
+    "suite",
+    [
+        "ECDHE-ECDSA-AES128-SHA",  # CBC with SHA-1 MAC
+        "ECDHE-ECDSA-AES256-SHA384",  # CBC
+        "AES128-GCM-SHA256",  # no forward secrecy (RSA key exchange)
+        "ECDHE-ECDSA-AES128-CCM8",  # short tag, outside Mozilla's list
+    ],
+)
+def test_tls12_suites_outside_the_profile_are_refused(stack: Stack, suite: str) -> None:
+    # A client offering only this suite (security level 0 so the refusal is the server's).
+    ctx = stack.ssl_context()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(f"{suite}:@SECLEVEL=0")
+    with pytest.raises(ssl.SSLError):
+        handshake(stack, ctx)
+
+
+def test_server_context_disables_compression_renegotiation_and_tickets(stack: Stack) -> None:
+    from gateway.tls import server_context
+
+    ctx = server_context(stack.ca.parent / "gateway.pem", stack.ca.parent / "gateway.key")
+    for flag in (
+        ssl.OP_NO_COMPRESSION,
+        ssl.OP_NO_RENEGOTIATION,
+        ssl.OP_NO_TICKET,
+        ssl.OP_SINGLE_ECDH_USE,
+    ):
+        assert ctx.options & flag
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    modern = server_context(
+        stack.ca.parent / "gateway.pem", stack.ca.parent / "gateway.key", profile="modern"
+    )
+    assert modern.minimum_version == ssl.TLSVersion.TLSv1_3
+
+
 def test_tls13_is_offered_with_its_aead_suites(stack: Stack) -> None:
     version, cipher, _ = handshake(stack, stack.ssl_context())
     assert version == "TLSv1.3"

@@ -65,6 +65,7 @@ def test_v1_instances_decode() -> None:
         (v2([1, 2, 3, 4], datatype="FP99"), "unknown datatype"),
         (v2([1.5, 2, 3, 4], datatype="INT64"), "integer"),
         (v2([1000, 2, 3, 4], datatype="INT8"), "out of range"),
+        (v2([1e10, 2, 3, 4], datatype="FP16"), "out of range"),
         (v2([{"a": 1}, 2, 3, 4]), "numbers"),
         (v2([10**400, 2, 3, 4]), "numbers"),
         (v2([], [0, 4]), "empty"),
@@ -121,3 +122,9 @@ def test_requested_outputs_default_to_the_first_and_are_checked() -> None:
     for bad in ([], "predict", [{"name": "decision_function"}], [1]):
         with pytest.raises(InvalidInput):
             dataplane.requested_outputs({"outputs": bad}, available)
+
+
+def test_non_finite_model_output_is_refused_as_input_it_cannot_score() -> None:
+    dataplane.check_outputs({"predict": np.array(["a"]), "p": np.array([[0.5, 0.5]])})
+    with pytest.raises(InvalidInput, match="not finite"):
+        dataplane.check_outputs({"predict_proba": np.array([[np.nan, np.nan]])})

@@ -91,3 +91,32 @@ def test_access_policy_naming_an_unknown_model_fails(tmp_path: Path, routes: Rou
 def test_missing_policy_file_fails(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="not found"):
         RouteTable.load(tmp_path / "none.toml")
+
+
+def test_unknown_scoregate_environment_variables_are_named() -> None:
+    from gateway.settings import unknown_environment
+
+    env = {
+        "SCOREGATE_TLS_PROFLE": "modern",  # typo
+        "SCOREGATE_TLS_PROFILE": "modern",
+        "SCOREGATE_API_KEY": "x",
+        "SCOREGATE_SCORER_PORT": "9001",
+        "HOME": "/root",
+    }
+    assert unknown_environment(env) == ["SCOREGATE_TLS_PROFLE"]
+
+
+def test_cli_refuses_to_start_with_a_mistyped_setting() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "keys", "list"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "SCOREGATE_MAX_BODY_BYTE": "5"},
+    )
+    assert out.returncode == 2
+    assert "SCOREGATE_MAX_BODY_BYTE" in out.stderr
