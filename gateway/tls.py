@@ -43,7 +43,7 @@ def server_context(
     # Mozilla advises (a long-lived ticket key undermines forward secrecy): OpenSSL then
     # resumes from its server-side session cache instead (TLS 1.3 tickets become ids).
     ctx.options |= (
-        ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE | ssl.OP_NO_TICKET
+        ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
     )
     # Mozilla: with only strong suites on offer, let the client pick (mobile CHACHA20).
     ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
