@@ -42,9 +42,7 @@ def server_context(
     # renegotiation (OpenSSL >= 1.1 always uses fresh ECDH keys); no stateless tickets, as
     # Mozilla advises (a long-lived ticket key undermines forward secrecy): OpenSSL then
     # resumes from its server-side session cache instead (TLS 1.3 tickets become ids).
-    ctx.options |= (
-        ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
-    )
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
     # Mozilla: with only strong suites on offer, let the client pick (mobile CHACHA20).
     ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_alpn_protocols(ALPN)

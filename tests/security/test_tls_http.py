@@ -63,7 +63,6 @@ def test_server_context_disables_compression_renegotiation_and_tickets(stack: St
         ssl.OP_NO_COMPRESSION,
         ssl.OP_NO_RENEGOTIATION,
         ssl.OP_NO_TICKET,
-        ssl.OP_SINGLE_ECDH_USE,
     ):
         assert ctx.options & flag
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
