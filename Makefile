@@ -21,8 +21,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/scoregate demo $(if $(ONCE),--once)
 
-## make test: lint, type checks and the whole test suite.
+## make test: lint, type checks and the whole test suite (starts Redis if none answers).
 test: lint typecheck
+	bash .ci/ensure-redis
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -37,6 +38,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
+	bash .ci/ensure-redis
 	$(BIN)/pytest tests/unit tests/security -m 'not e2e'
 
 clean:

@@ -219,14 +219,16 @@ class Limiter:
     ) -> Any:
         """One limiter operation; on storage failure, the written policy decides."""
         if not self.degraded:
-            try:
-                async with asyncio.timeout(STORAGE_TIMEOUT_S):
-                    limiter = self._limiter(self._shared, rule.strategy)
-                    if op == "hit":
-                        return await limiter.hit(item, *key, cost=cost)
-                    return await limiter.get_window_stats(item, *key)
-            except Exception as exc:  # any storage fault: connection, timeout, protocol
-                self._enter_degraded(exc)
+            for attempt in (1, 2):  # one retry: a pooled connection may predate a Redis restart
+                try:
+                    async with asyncio.timeout(STORAGE_TIMEOUT_S):
+                        limiter = self._limiter(self._shared, rule.strategy)
+                        if op == "hit":
+                            return await limiter.hit(item, *key, cost=cost)
+                        return await limiter.get_window_stats(item, *key)
+                except Exception as exc:  # any storage fault: connection, timeout, protocol
+                    if attempt == 2:
+                        self._enter_degraded(exc)
         if self.on_failure == "closed":
             raise Unavailable(
                 "rate limiting is unavailable, retry later", reason="ratelimit_storage_down"
@@ -264,6 +266,11 @@ class Limiter:
             self._recheck_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recheck_task
+        # `limits` storages have no close(); the Redis client's pool is where sockets live.
+        client = getattr(getattr(self._shared, "bridge", None), "storage", None)
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect()
 
     # -- the three checks the request path makes ---------------------------------------
     async def check_address(self, address: str) -> None:

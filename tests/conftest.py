@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -27,6 +28,29 @@ from gateway.tls import client_context
 from scorer.demo import train_iris
 
 ROOT = Path(__file__).resolve().parent.parent
+API_KEY_PATTERN = re.compile(rb"sg_[a-z2-7]{16}_[a-z2-7]{52}_[0-9a-f]{8}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log_or_audit_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole suite: no API key in any file the suite's processes wrote, and no
+    private key in any log or audit file (SECURITY-CATALOG: audit log, no secrets)."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    leaks = []
+    scanned = 0
+    for path in base.rglob("*"):
+        if not path.is_file() or path.suffix in {".key", ".pem"}:
+            continue
+        data = path.read_bytes()
+        scanned += 1
+        if API_KEY_PATTERN.search(data):
+            leaks.append(f"{path}: an API key")
+        if path.suffix in {".log", ".jsonl"} and b"PRIVATE KEY" in data:
+            leaks.append(f"{path}: a private key")
+    if leaks:
+        raise AssertionError("secrets leaked into files:\n" + "\n".join(leaks))
+    assert scanned > 0 or not any(base.iterdir())
 
 
 def free_port() -> int:
@@ -258,3 +282,129 @@ def stack(
         yield Stack(base, state / "certs" / "ca.pem", state, keys, procs, scorer_url)
     finally:
         stop(procs)
+
+
+SYSTEM_REDIS = "async+redis://127.0.0.1:6379"
+
+
+def redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A redis-server of the test's own, on a free port, that the test can stop and restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"async+redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (.ci/run installs it)")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not redis_answers(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Gateway:
+    base_url: str
+    state: Path
+    proc: subprocess.Popen[bytes]
+    ca: Path
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url, verify=client_context(self.ca), timeout=10, **kwargs
+        )
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        path = self.state / "audit" / "audit.jsonl"
+        return (
+            [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+        )
+
+
+@pytest.fixture
+def spawn_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Start more gateway processes beside the shared stack (same scorer, CA and key store)."""
+    started: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(ratelimits: Path | None = None, **extra: str) -> Gateway:
+        state = tmp_path_factory.mktemp("gw")
+        shutil.copytree(stack.state / "certs", state / "certs")
+        port = free_port()
+        env = gateway_env(
+            state,
+            write_routes(state / "routes.toml", stack.scorer_url),
+            write_access(state / "access.toml"),
+            port,
+            ratelimits,
+            SCOREGATE_LOCAL_STORE_PATH=str(stack.state / "secrets.json"),
+            **extra,
+        )
+        name = f"gateway-{len(started)}"
+        proc = start(name, [sys.executable, "-m", "gateway", "serve"], env, state / "logs")
+        started[name] = proc
+        base = f"https://localhost:{port}"
+        wait_ready(
+            f"{base}/v2/health/ready", client_context(stack.ca), {name: proc}, state / "logs"
+        )
+        return Gateway(base, state, proc, stack.ca)
+
+    yield spawn
+    stop(started)
+
+
+async def new_key(store_path: Path, scopes: list[str] | None = None) -> tuple[str, str]:
+    """A fresh key under a fresh subject, so counters never carry over between runs."""
+    import secrets as pysecrets
+
+    owner = f"rl-{pysecrets.token_hex(6)}"
+    issued = await keyadmin.create(
+        LocalSecretStore(store_path), owner=owner, scopes=scopes or ["models:iris"]
+    )
+    return issued.key, owner
