@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from certs.authority import CertPaths, ensure_server_certificate
-from gateway import keyadmin
+from gateway import auditlog, auditsign, keyadmin
 from gateway.client import Reply, call
 from gateway.secretstore import LocalSecretStore
 from gateway.settings import GatewaySettings
@@ -177,7 +178,8 @@ def run_demo(
     base = f"https://localhost:{settings.port}"
     try:
         _wait_ready(f"{base}/v2/health/ready", ca, processes)
-        ok = _show_requests(base, ca, api_key, out)
+        ok, request_ids = _show_requests(base, ca, api_key, out)
+        ok &= _show_audit(state / "audit", request_ids, out)
         curl = (
             f"curl --cacert {shlex.quote(str(ca))} -H 'api-key: {api_key}' "
             "-H 'content-type: application/json' "
@@ -185,9 +187,11 @@ def run_demo(
         )
         out("\nTry it yourself (the demo key is valid until the next demo run revokes it):")
         out(f"  {curl}")
-        out(f"Audit trail: {state / 'audit' / 'audit.jsonl'}   logs: {logs}")
+        out(f"Audit trail: {state / 'audit'}   logs: {logs}")
         if once:
-            return 0 if ok else 1
+            _stop(processes)  # the gateway drains its queue and signs the head on the way out
+            return 0 if _verify_audit(state, out) and ok else 1
+        _verify_audit(state, out)
         out("\nServing until Ctrl-C ...")
         while all(p.proc.poll() is None for p in processes):
             time.sleep(0.5)
@@ -202,7 +206,9 @@ def run_demo(
         _stop(processes)
 
 
-def _show_requests(base: str, ca: Path, api_key: str, out: Callable[[str], None]) -> bool:
+def _show_requests(
+    base: str, ca: Path, api_key: str, out: Callable[[str], None]
+) -> tuple[bool, list[str]]:
     checks: list[tuple[str, Reply, int]] = []
     v1 = call(
         f"{base}/v1/models/iris:predict",
@@ -242,4 +248,38 @@ def _show_requests(base: str, ca: Path, api_key: str, out: Callable[[str], None]
     if v1.status == 200:
         for sample, label in zip(SAMPLES, v1.body["predictions"], strict=False):
             out(f"       {sample} → {label}")
-    return ok
+    return ok, [str(reply.headers.get("x-request-id")) for _, reply, _ in checks]
+
+
+def _show_audit(trail: Path, request_ids: list[str], out: Callable[[str], None]) -> bool:
+    """The audit records of the demo's requests (written asynchronously: wait briefly)."""
+    wanted = set(request_ids)
+    found: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(found) < len(wanted):
+        found = {
+            r["request_id"]: r
+            for r in auditlog.query([trail], auditlog.Filter())
+            if r["request_id"] in wanted
+        }
+        time.sleep(0.1)
+    out("\nAudit records of these requests (ids and digests only, never keys or payloads):")
+    out("  " + auditlog.table_header())
+    for request_id in request_ids:
+        if request_id in found:
+            out("  " + auditlog.table_row(found[request_id]))
+    return len(found) == len(wanted)
+
+
+def _verify_audit(state: Path, out: Callable[[str], None]) -> bool:
+    keys = asyncio.run(auditsign.public_keys(LocalSecretStore(state / "secrets.json")))
+    result = auditlog.verify([state / "audit"], keys)
+    if result.ok:
+        out(
+            f"Audit trail verified: {result.records} records, chain intact, "
+            f"{result.checkpoints} signed checkpoints, "
+            f"{result.unsigned_tail} records after the last one (`scoregate audit verify`)"
+        )
+    else:
+        out(f"Audit trail BROKEN: {result.problem}")
+    return result.ok
