@@ -245,4 +245,6 @@ def test_demo_once_exits_zero_after_real_predictions(
     assert "[ok ] v1 predict HTTP 200" in out.stdout
     assert "[7.7, 3.0, 6.1, 2.3] → virginica" in out.stdout
     assert "curl --cacert" in out.stdout
+    assert "Audit records of these requests" in out.stdout
+    assert "Audit trail verified:" in out.stdout and "0 records after the last one" in out.stdout
     assert verify([state / "audit" / "audit.jsonl"]).ok
