@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format typecheck unit clean
+.PHONY: install demo test lint format typecheck unit bench-hotpath clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scoregate needs Python >= 3.11")'
@@ -40,6 +40,11 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	bash .ci/ensure-redis
 	$(BIN)/pytest tests/unit tests/security -m 'not e2e'
+
+## make bench-hotpath: µs per request of auth, rate limit (memory vs Redis) and audit.
+bench-hotpath: $(STAMP)
+	bash .ci/ensure-redis
+	$(BIN)/python bench/hotpath.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -168,6 +168,7 @@ class Limiter:
         self.storage_uri = storage_uri
         self.on_failure = on_failure
         self._shared: Storage = _storage(storage_uri)
+        self._remote = not storage_uri.startswith(("memory://", "async+memory://"))
         self._fallback: Storage = MemoryStorage()
         self._strategies: dict[tuple[int, str], RateLimiter] = {}
         self.degraded = False  # True while the shared storage is failing
@@ -219,13 +220,12 @@ class Limiter:
     ) -> Any:
         """One limiter operation; on storage failure, the written policy decides."""
         if not self.degraded:
+            if not self._remote:  # in-process counters cannot fail or stall
+                return await self._run(self._shared, rule, op, item, key, cost)
             for attempt in (1, 2):  # one retry: a pooled connection may predate a Redis restart
                 try:
                     async with asyncio.timeout(STORAGE_TIMEOUT_S):
-                        limiter = self._limiter(self._shared, rule.strategy)
-                        if op == "hit":
-                            return await limiter.hit(item, *key, cost=cost)
-                        return await limiter.get_window_stats(item, *key)
+                        return await self._run(self._shared, rule, op, item, key, cost)
                 except Exception as exc:  # any storage fault: connection, timeout, protocol
                     if attempt == 2:
                         self._enter_degraded(exc)
@@ -235,7 +235,18 @@ class Limiter:
             )
         if self.on_failure == "open":
             return True if op == "hit" else None
-        limiter = self._limiter(self._fallback, rule.strategy)
+        return await self._run(self._fallback, rule, op, item, key, cost)
+
+    async def _run(
+        self,
+        storage: Storage,
+        rule: _Rule,
+        op: str,
+        item: RateLimitItem,
+        key: tuple[str, ...],
+        cost: int,
+    ) -> Any:
+        limiter = self._limiter(storage, rule.strategy)
         if op == "hit":
             return await limiter.hit(item, *key, cost=cost)
         return await limiter.get_window_stats(item, *key)
