@@ -222,11 +222,14 @@ class Limiter:
         if not self.degraded:
             if not self._remote:  # in-process counters cannot fail or stall
                 return await self._run(self._shared, rule, op, item, key, cost)
-            for attempt in (1, 2):  # one retry: a pooled connection may predate a Redis restart
+            for attempt in (1, 2):
                 try:
                     async with asyncio.timeout(STORAGE_TIMEOUT_S):
                         return await self._run(self._shared, rule, op, item, key, cost)
                 except Exception as exc:  # any storage fault: connection, timeout, protocol
+                    # Pooled connections may all predate a Redis restart: drop them and
+                    # try once more on a fresh one before declaring the storage down.
+                    self._disconnect()
                     if attempt == 2:
                         self._enter_degraded(exc)
         if self.on_failure == "closed":
@@ -253,11 +256,7 @@ class Limiter:
 
     def _enter_degraded(self, exc: Exception) -> None:
         if not self.degraded:
-            log.error(
-                "rate-limit storage failed (%s); policy %r applies",
-                type(exc).__name__,
-                self.on_failure,
-            )
+            log.error("rate-limit storage failed (%r); policy %r applies", exc, self.on_failure)
             self.degraded = True
         if self._recheck_task is None or self._recheck_task.done():
             self._recheck_task = asyncio.create_task(self._recheck(), name="ratelimit-recheck")
@@ -270,6 +269,7 @@ class Limiter:
                 async with asyncio.timeout(STORAGE_TIMEOUT_S):
                     if await self._shared.check():
                         log.warning("rate-limit storage is back; shared limits apply again")
+                        self._disconnect()  # start the shared counts on fresh connections
                         self.degraded = False
 
     async def close(self) -> None:
@@ -277,6 +277,9 @@ class Limiter:
             self._recheck_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recheck_task
+        self._disconnect()
+
+    def _disconnect(self) -> None:
         # `limits` storages have no close(); the Redis client's pool is where sockets live.
         client = getattr(getattr(self._shared, "bridge", None), "storage", None)
         pool = getattr(client, "connection_pool", None)

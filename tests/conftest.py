@@ -53,6 +53,22 @@ def no_secret_in_any_log_or_audit_file(tmp_path_factory: pytest.TempPathFactory)
     assert scanned > 0 or not any(base.iterdir())
 
 
+def scoregate(
+    *args: str, state: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the `scoregate` command line as a user would, in its own process."""
+    prefix = ["--state-dir", str(state)] if state is not None else []
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *prefix, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+        env={**os.environ, **env} if env else None,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -366,6 +382,15 @@ class Gateway:
         return (
             [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
         )
+
+    def records_of(self, subject: str, count: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """The subject's request records, once ``count`` of them are written (asynchronously)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = [r for r in self.audit_records() if r.get("subject") == subject]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +10,7 @@ import orjson
 import pytest
 
 from gateway.audit import chain_files
-from tests.conftest import ROOT, Stack
+from tests.conftest import Stack, scoregate
 
 pytestmark = pytest.mark.e2e
 ROWS = [[5.1, 3.5, 1.4, 0.2]]
@@ -35,22 +33,7 @@ def test_sigterm_drains_the_queue_and_signs_the_head(stack: Stack, spawn_gateway
     assert {r["request_id"] for r in records if r["type"] == "request"} >= set(ids)
     assert records[-1]["type"] == "checkpoint"
     assert records[-1]["to_seq"] == records[-2]["seq"]
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "--state-dir",
-            str(stack.state),
-            "audit",
-            "verify",
-            str(gateway.state / "audit"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    out = scoregate("audit", "verify", str(gateway.state / "audit"), state=stack.state)
     assert out.returncode == 0, out.stdout
     assert "0 records after the last one" in out.stdout
 
@@ -68,22 +51,7 @@ def test_rotation_keeps_one_verifiable_chain_across_files(stack: Stack, spawn_ga
     gateway.proc.wait(timeout=20)
     files = chain_files(gateway.state / "audit")
     assert len(files) >= 3
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "--state-dir",
-            str(stack.state),
-            "audit",
-            "verify",
-            str(gateway.state / "audit"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    out = scoregate("audit", "verify", str(gateway.state / "audit"), state=stack.state)
     assert out.returncode == 0, out.stdout
 
 
@@ -106,20 +74,5 @@ def test_stdout_sink_writes_the_same_sealed_records(
     assert not (gateway.state / "audit" / "audit.jsonl").exists()
     trail = tmp_path / "stdout.jsonl"
     trail.write_bytes(b"\n".join(lines) + b"\n")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "--state-dir",
-            str(stack.state),
-            "audit",
-            "verify",
-            str(trail),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    out = scoregate("audit", "verify", str(trail), state=stack.state)
     assert out.returncode == 0, out.stdout

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from gateway.auditlog import verify
-from tests.conftest import ROOT, Stack, free_port
+from tests.conftest import Stack, free_port, scoregate
 
 pytestmark = pytest.mark.e2e
 
@@ -189,29 +186,16 @@ def test_audit_chain_verifies_and_counts_every_request(stack: Stack) -> None:
 
 
 def test_scoregate_score_command_calls_the_gateway(stack: Stack) -> None:
-    import os
-
-    env = {**os.environ, "SCOREGATE_API_KEY": stack.keys.iris}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "score",
-            "iris",
-            "--instances",
-            "[[5.1, 3.5, 1.4, 0.2]]",
-            "--url",
-            stack.base_url,
-            "--ca",
-            str(stack.ca),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
+    out = scoregate(
+        "score",
+        "iris",
+        "--instances",
+        "[[5.1, 3.5, 1.4, 0.2]]",
+        "--url",
+        stack.base_url,
+        "--ca",
+        str(stack.ca),
+        SCOREGATE_API_KEY=stack.keys.iris,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == '{"predictions": ["setosa"]}'
@@ -221,25 +205,8 @@ def test_demo_once_exits_zero_after_real_predictions(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     state = tmp_path_factory.mktemp("demo")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "--state-dir",
-            str(state),
-            "demo",
-            "--once",
-            "--port",
-            str(free_port()),
-            "--scorer-port",
-            str(free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=180,
-        check=False,
+    out = scoregate(
+        "demo", "--once", "--port", str(free_port()), "--scorer-port", str(free_port()), state=state
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "[ok ] v1 predict HTTP 200" in out.stdout

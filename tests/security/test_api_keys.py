@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,24 +14,15 @@ from gateway import apikeys, auth, keyadmin
 from gateway.errors import Unauthenticated
 from gateway.keyring import KeyRing
 from gateway.secretstore import LocalSecretStore, utcnow
-from tests.conftest import ROOT, Stack
+from tests.conftest import Stack, scoregate
 
 ROWS = [[5.1, 3.5, 1.4, 0.2]]
 
 
-def scoregate(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "--state-dir", str(state), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_keys_are_stored_as_digests_only_and_shown_once(tmp_path: Path) -> None:
-    created = scoregate(tmp_path, "keys", "create", "--owner", "alice", "--scope", "models:iris")
+    created = scoregate(
+        "keys", "create", "--owner", "alice", "--scope", "models:iris", state=tmp_path
+    )
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert apikeys.parse(key) is not None
@@ -42,7 +31,7 @@ def test_keys_are_stored_as_digests_only_and_shown_once(tmp_path: Path) -> None:
     assert key not in store_text
     assert key.split("_")[2] not in store_text  # not even the secret part
     assert apikeys.digest(key) in store_text
-    listed = scoregate(tmp_path, "keys", "list", "--json")
+    listed = scoregate("keys", "list", "--json", state=tmp_path)
     assert key.split("_")[2] not in listed.stdout
     assert json.loads(listed.stdout.splitlines()[0])["state"] == "active"
 
@@ -121,7 +110,7 @@ def test_revocation_takes_effect_without_restart(stack: Stack) -> None:
                 break
             time.sleep(0.1)
         assert r.status_code == 200
-        revoked = scoregate(stack.state, "keys", "revoke", issued.generation.key_id)
+        revoked = scoregate("keys", "revoke", issued.generation.key_id, state=stack.state)
         assert revoked.returncode == 0, revoked.stderr
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from gateway.audit import AuditTrail
 from gateway.auditlog import verify
 from gateway.server import build_gateway
 from gateway.settings import GatewaySettings
-from tests.conftest import ROOT, Stack, write_access, write_routes
+from tests.conftest import Stack, scoregate, write_access, write_routes
 from tests.unit.test_audit import FlakySink
 
 ROWS = [[5.1, 3.5, 1.4, 0.2]]
@@ -41,10 +40,16 @@ def test_every_request_has_exactly_one_record_under_concurrent_load(stack: Stack
     with ThreadPoolExecutor(max_workers=8) as pool:
         ids = [rid for batch in pool.map(worker, range(8)) for rid in batch]
     assert len(set(ids)) == 200
-    for rid in ids[-5:]:
-        stack.audit_for(rid)
-    records = stack.request_records()[before:]
-    seen = [r["request_id"] for r in records if r["request_id"] in set(ids)]
+    wanted = set(ids)
+    deadline = time.monotonic() + 10
+    seen: list[str] = []
+    while time.monotonic() < deadline:  # the writer is asynchronous
+        seen = [
+            r["request_id"] for r in stack.request_records()[before:] if r["request_id"] in wanted
+        ]
+        if len(seen) >= len(ids):
+            break
+        time.sleep(0.05)
     assert sorted(seen) == sorted(ids)  # each exactly once
     assert verify([stack.audit_file]).ok
 
@@ -127,40 +132,10 @@ def test_tampering_is_detected_by_scoregate_audit_verify(
     stack.audit_for(r.headers["x-request-id"])
     copy = tmp_path / "audit.jsonl"
     copy.write_bytes(stack.audit_file.read_bytes())
-    good = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "--state-dir",
-            str(stack.state),
-            "audit",
-            "verify",
-            str(copy),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    good = scoregate("audit", "verify", str(copy), state=stack.state)
     assert good.returncode == 0
     tamper(copy, how)
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "--state-dir",
-            str(stack.state),
-            "audit",
-            "verify",
-            str(copy),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    bad = scoregate("audit", "verify", str(copy), state=stack.state)
     assert bad.returncode == 1
     assert f"{copy}:3" in bad.stdout or f"{copy}:4" in bad.stdout
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from gateway import auditsign
 from gateway.auditlog import Filter, build_report, parse_time, percentile, query
 from gateway.secretstore import LocalSecretStore
-from tests.conftest import ROOT
+from tests.conftest import scoregate
 from tests.unit.test_audit import event, write
 
 
@@ -69,19 +68,12 @@ def state(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def scoregate(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "--state-dir", str(state), "audit", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+def audit(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return scoregate("audit", *args, state=state)
 
 
 def test_verify_checks_chain_and_signatures(state: Path) -> None:
-    out = scoregate(state, "verify")
+    out = audit(state, "verify")
     assert out.returncode == 0, out.stderr
     assert (
         out.stdout.strip()
@@ -90,40 +82,36 @@ def test_verify_checks_chain_and_signatures(state: Path) -> None:
 
 
 def test_verify_with_an_exported_public_key(state: Path, tmp_path: Path) -> None:
-    exported = scoregate(state, "public-key")
+    exported = audit(state, "public-key")
     assert exported.returncode == 0
     pem = tmp_path / "audit.pub"
     pem.write_text(exported.stdout)
     assert "PRIVATE" not in exported.stdout
-    out = scoregate(
-        tmp_path / "elsewhere", "verify", "--public-key", str(pem), str(state / "audit")
-    )
+    out = audit(tmp_path / "elsewhere", "verify", "--public-key", str(pem), str(state / "audit"))
     assert out.returncode == 0, out.stdout + out.stderr
     wrong = tmp_path / "other.pub"
     other = asyncio.run(auditsign.generate(LocalSecretStore(tmp_path / "other.json")))
     wrong.write_text(auditsign.public_key_pem(other.private_key.public_key()))
-    bad = scoregate(
-        tmp_path / "elsewhere", "verify", "--public-key", str(wrong), str(state / "audit")
-    )
+    bad = audit(tmp_path / "elsewhere", "verify", "--public-key", str(wrong), str(state / "audit"))
     assert bad.returncode == 1
     assert "unknown key" in bad.stdout
 
 
 def test_verify_without_any_key_refuses_unless_chain_only(tmp_path: Path, state: Path) -> None:
-    assert scoregate(tmp_path / "nokeys", "verify", str(state / "audit")).returncode == 2
-    chain = scoregate(tmp_path / "nokeys", "verify", "--chain-only", str(state / "audit"))
+    assert audit(tmp_path / "nokeys", "verify", str(state / "audit")).returncode == 2
+    chain = audit(tmp_path / "nokeys", "verify", "--chain-only", str(state / "audit"))
     assert chain.returncode == 0
     assert "signatures not checked" in chain.stdout
 
 
 def test_query_filters_and_formats(state: Path) -> None:
-    out = scoregate(state, "query", "--subject", "bob", "--decision", "deny", "--json")
+    out = audit(state, "query", "--subject", "bob", "--decision", "deny", "--json")
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["reason"] for r in rows] == ["scope_missing", "rate_limit_principal"]
-    table = scoregate(state, "query", "--model", "iris", "--status", "200").stdout.splitlines()
+    table = audit(state, "query", "--model", "iris", "--status", "200").stdout.splitlines()
     assert table[0].startswith("TIME")
     assert len(table) == 3  # header + alice's two
-    ranged = scoregate(
+    ranged = audit(
         state,
         "query",
         "--since",
@@ -139,7 +127,7 @@ def test_query_filters_and_formats(state: Path) -> None:
 
 
 def test_report_as_json_text_and_html(state: Path, tmp_path: Path) -> None:
-    data = json.loads(scoregate(state, "report", "--json").stdout)
+    data = json.loads(audit(state, "report", "--json").stdout)
     assert (data["total"], data["allowed"], data["denied"]) == (6, 3, 3)
     by_pm = {
         (r["principal"], r["model"]): r["requests"] for r in data["requests_by_principal_and_model"]
@@ -157,10 +145,10 @@ def test_report_as_json_text_and_html(state: Path, tmp_path: Path) -> None:
     }
     assert data["rate_limit_hits"] == {"bob": 1}
     assert data["latency_ms"] == {"p50": 0.5, "p90": 3.0, "p99": 3.0}  # nearest rank of 6
-    text = scoregate(state, "report").stdout
+    text = audit(state, "report").stdout
     assert "requests 6   allowed 3   denied 3" in text
     page = tmp_path / "report.html"
-    assert scoregate(state, "report", "--html", str(page)).returncode == 0
+    assert audit(state, "report", "--html", str(page)).returncode == 0
     html = page.read_text()
     assert html.startswith("<!doctype html>")
     assert html.count("<svg") == 4
