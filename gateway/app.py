@@ -201,8 +201,8 @@ def create_app(gw: Gateway) -> Quart:
         g.body_read = False
         g.payload_sha256 = None
         g.audit_reserved = gw.audit.reserve()
-        if not g.audit_reserved:
-            # Fail closed: no request is served that cannot be audited.
+        if not g.audit_reserved and settings.audit_on_failure == "closed":
+            # Fail closed (the default): no request is served that cannot be audited.
             raise AuditUnavailable(reason="audit_unavailable")
         context.reject_credentials_in_query(request.args.items(multi=True))
         if "transfer-encoding" in request.headers and "content-length" in request.headers:

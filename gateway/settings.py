@@ -68,6 +68,10 @@ class GatewaySettings(BaseSettings):
     audit_rotate_interval_s: float = Field(default=86_400.0, gt=0)
     audit_checkpoint_every: int = Field(default=1000, ge=1)
     audit_checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    # When the trail cannot take a record (queue full, sink failing): "closed" answers 503;
+    # "open" serves anyway, records taking free queue room or, past it, being dropped
+    # with an error log line naming the request. Only choose "open" knowingly.
+    audit_on_failure: Literal["closed", "open"] = "closed"
 
     log_level: str = "WARNING"
 

@@ -171,3 +171,27 @@ async def test_failing_sink_fails_closed_with_503_and_loses_nothing(tmp_path: Pa
     written = [r["request_id"] for r in records if r["type"] == "request"]
     assert sorted(written) == sorted(ids)  # every request, the refused ones too, exactly once
     assert gw.audit.lost == 0
+
+
+async def test_open_audit_failure_policy_serves_and_says_so(tmp_path: Path) -> None:
+    from gateway.app import create_app
+
+    settings = GatewaySettings(
+        state_dir=tmp_path,
+        routes_file=write_routes(tmp_path / "routes.toml", "http://127.0.0.1:9"),
+        access_policy_file=write_access(tmp_path / "access.toml"),
+        audit_on_failure="open",
+    )
+    gw = build_gateway(settings)
+    gw.audit.close()
+    sink = FlakySink(failures=1_000_000)
+    gw.audit = AuditTrail(sink, queue_size=3)
+    app = create_app(gw)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        statuses = [(await client.get("/v2/health/live")).status_code for _ in range(10)]
+        ready = await (await client.get("/v2/health/ready")).get_json()
+        sink.failures = 0  # the disk frees up: shutdown drains what is queued
+    assert statuses == [200] * 10  # served although the trail is failing
+    assert ready["audit_accepting"] is False and ready["ready"] is False
+    assert gw.audit.lost > 0  # and the loss is counted (and logged), never silent
