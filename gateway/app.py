@@ -89,8 +89,11 @@ class Gateway:
 
     async def stop(self) -> None:
         # Drain the audit queue first: in-flight requests have finished by now.
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self.audit.drain(), timeout=10)
+        except TimeoutError:
+            self.audit.lost += self.audit.depth
+            log.error("audit drain timed out: %d records not written", self.audit.depth)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -148,12 +151,25 @@ def _count_instances(body: Any, kind: str) -> int:
             raise InvalidRequest("'instances' must be a non-empty list", reason="body_invalid")
         return len(instances)
     inputs = body.get("inputs")
-    if not isinstance(inputs, list) or not inputs or not isinstance(inputs[0], dict):
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
         raise InvalidRequest("'inputs' must be a non-empty list of tensors", reason="body_invalid")
-    shape = inputs[0].get("shape")
-    if not isinstance(shape, list) or not shape or not isinstance(shape[0], int) or shape[0] < 0:
-        raise InvalidRequest("each input needs a 'shape' list of integers", reason="body_invalid")
-    return int(shape[0])
+    batch = 0
+    for tensor in inputs:
+        shape = tensor.get("shape")
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+            or shape[0] < 1
+        ):
+            raise InvalidRequest(
+                "each input needs a 'shape' of integers with a batch of at least 1",
+                reason="body_invalid",
+            )
+        batch = max(batch, shape[0])
+    # The cost is the largest batch any input declares; the scorer checks the data
+    # against the shapes, so a request cannot carry more than it is charged for.
+    return batch
 
 
 def create_app(gw: Gateway) -> Quart:
@@ -191,7 +207,10 @@ def create_app(gw: Gateway) -> Quart:
         g.request_id = context.new_request_id()
         g.client_request_id = context.client_request_id(request.headers.get("x-request-id"))
         g.client = context.client_address(
-            request.remote_addr, request.headers.get("x-forwarded-for"), settings.trusted_proxy_hops
+            request.remote_addr,
+            # Every X-Forwarded-For line, joined: a proxy may add its own line (RFC 7230 §3.2.2).
+            ",".join(request.headers.getlist("x-forwarded-for")) or None,
+            settings.trusted_proxy_hops,
         )
         g.principal = None
         g.model = None
@@ -287,6 +306,8 @@ def create_app(gw: Gateway) -> Quart:
 
     def _render_error(exc: GatewayError) -> Response:
         g.reason = exc.reason
+        if exc.status < 500:
+            g.decision = "deny"  # refused (429, 413, 422, …) even after authorization passed
         response = _json(
             {
                 "error": {

@@ -161,15 +161,25 @@ class FileSink:
         return 0, GENESIS
 
     def _rotate(self) -> None:
-        last = _last_line(self.path)
+        """Rename the live file aside and start a new one; safe to retry after any failure.
+
+        The new file is opened before the old descriptor is closed, so a failure at any step
+        leaves a usable descriptor and a state the next write can repair.
+        """
+        last = _last_line(self.path) if self.path.exists() else None
         if last is None:
             return
-        os.close(self._fd)
         os.replace(self.path, self.path.with_name(rotated_name(int(orjson.loads(last)["seq"]))))
+        old = self._fd
         self._open()
+        os.close(old)
 
     def write(self, lines: list[bytes]) -> None:
         data = memoryview(b"".join(lines))
+        if not self.path.exists():  # moved aside by a rotation that failed half-way
+            old = self._fd
+            self._open()
+            os.close(old)
         too_big = self._size and self._size + len(data) > self._rotate_bytes
         too_old = self._size and time.monotonic() - self._opened > self._rotate_interval_s
         if too_big or too_old:
@@ -298,7 +308,12 @@ class AuditTrail:
             nonlocal seq, prev, since
             assert self.signer is not None  # noqa: S101 - callers checked
             fields = self.signer.checkpoint(
-                time=utc_timestamp(), node=NODE, from_seq=seq - since + 1, to_seq=seq, head=prev
+                time=utc_timestamp(),
+                node=NODE,
+                from_seq=seq - since + 1,
+                to_seq=seq,
+                head=prev,
+                every=self._checkpoint_every,
             )
             seq += 1
             line, prev = seal(fields, seq, prev)

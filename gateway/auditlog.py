@@ -68,16 +68,19 @@ def verify(
     *,
     partial: bool = False,
 ) -> VerifyResult:
-    """Check hashes, links and sequence across files in order, and checkpoint signatures.
+    """Check hashes, links and sequence across files in order, and the signed checkpoints.
 
     The trail must start at the chain's first record (seq 1), so records removed from the
     front are caught too; ``partial`` accepts a later range (e.g. after old files were
-    archived) and says where it starts. With ``keys`` None only the chain is checked (a
+    archived) and says where it starts. With ``keys``, every checkpoint's signature is
+    checked and so is the cadence it signs: more unsigned records in a row than the writer
+    allows means checkpoints were removed. With ``keys`` None only the chain is checked (a
     rewrite that recomputes every hash then goes unnoticed: give the public key for proof).
     """
     result = VerifyResult()
     prev: str | None = None
     seq: int | None = None
+    last_checkpoint: dict[str, Any] | None = None
     for path in expand(paths):
         with path.open("rb") as fh:
             for lineno, raw in enumerate(fh, start=1):
@@ -85,11 +88,15 @@ def verify(
                 try:
                     record = orjson.loads(raw)
                     claimed = record.pop("hash")
-                    record_seq = record["seq"]
-                except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError):
+                    record_seq = int(record["seq"])
+                except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError):
                     return result.fail(lineno, f"{where}: not a sealed record")
                 if hashlib.sha256(canonical(record)).hexdigest() != claimed:
                     return result.fail(lineno, f"{where}: record was altered")
+                if raw.rstrip(b"\n") != canonical({**record, "hash": claimed}):
+                    # Same fields, other bytes (a duplicated key, spacing): what another
+                    # parser or grep reads may differ from what was sealed.
+                    return result.fail(lineno, f"{where}: record is not in its sealed form")
                 if prev is None and (record.get("prev") != GENESIS or record_seq != 1):
                     if not partial:
                         return result.fail(
@@ -108,30 +115,72 @@ def verify(
                         lineno, f"{where}: sequence jumps from {seq} to {record_seq}"
                     )
                 if record.get("type") == "checkpoint":
-                    problem = _check_checkpoint(record, prev, seq, keys)
+                    problem = _check_checkpoint(record, seq, keys)
+                    if problem is None and keys is not None:
+                        problem = _check_cadence(record, last_checkpoint, result)
                     if problem:
                         return result.fail(lineno, f"{where}: checkpoint {problem}")
                     result.checkpoints += 1
+                    last_checkpoint = record
                     if keys is not None:
                         result.signed_through = record_seq
                 prev, seq = claimed, record_seq
                 result.records += 1
                 result.last_seq = record_seq
-    return result
+    return _check_end(result, last_checkpoint, keys)
 
 
 def _check_checkpoint(
-    record: dict[str, Any],
-    prev: str | None,
-    seq: int | None,
-    keys: dict[str, Ed25519PublicKey] | None,
+    record: dict[str, Any], seq: int | None, keys: dict[str, Ed25519PublicKey] | None
 ) -> str | None:
-    del prev
     if record.get("head") != record.get("prev") or (
         seq is not None and record.get("to_seq") != seq
     ):
         return "does not sign the record before it"
     return None if keys is None else check_signature(record, keys)
+
+
+def _check_cadence(
+    record: dict[str, Any], last: dict[str, Any] | None, result: VerifyResult
+) -> str | None:
+    """The records since the previous checkpoint must all be covered by this one."""
+    expected_from = int(last["seq"]) + 1 if last is not None else None
+    from_seq, every = int(record["from_seq"]), int(record["every"])
+    if expected_from is not None and from_seq < expected_from:
+        return f"claims records from seq {from_seq}, already covered up to {expected_from - 1}"
+    if expected_from is not None and from_seq > expected_from:
+        gap = from_seq - expected_from
+        if gap > every:
+            return (
+                f"follows {gap} records no checkpoint covers, more than the cadence of {every}: "
+                "checkpoints were removed"
+            )
+        result.notes.append(
+            f"records {expected_from}..{from_seq - 1} were never signed (the writer stopped "
+            "without its closing checkpoint)"
+        )
+    if int(record["to_seq"]) - from_seq + 1 > every:
+        return f"covers more records than its cadence of {every}"
+    return None
+
+
+def _check_end(
+    result: VerifyResult, last: dict[str, Any] | None, keys: dict[str, Ed25519PublicKey] | None
+) -> VerifyResult:
+    if result.records == 0:
+        return result.fail(0, "the trail holds no records")
+    if keys is None:
+        return result
+    if last is None:
+        return result.fail(0, "no signed checkpoint in the trail: nothing proves it complete")
+    tail = result.unsigned_tail
+    if tail > int(last["every"]):
+        return result.fail(
+            0,
+            f"{tail} records after the last checkpoint, more than its cadence of "
+            f"{last['every']}: later checkpoints were removed",
+        )
+    return result
 
 
 # -- query -----------------------------------------------------------------------------

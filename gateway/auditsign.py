@@ -27,7 +27,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.secretstore import SecretStore
 
 SECRET_NAME = "audit-signing-key"  # noqa: S105 - the name of a secret, not one
-SIGNED_FIELDS = ("type", "time", "node", "from_seq", "to_seq", "head", "key_id")
+# Everything a checkpoint claims is signed, the cadence too: a verifier can then tell
+# that more records ran unsigned than the writer would have allowed (removed checkpoints).
+SIGNED_FIELDS = ("type", "time", "node", "from_seq", "to_seq", "head", "every", "key_id")
 
 
 def key_id_of(public: Ed25519PublicKey) -> str:
@@ -45,7 +47,7 @@ class CheckpointSigner:
     key_id: str
 
     def checkpoint(
-        self, *, time: str, node: str, from_seq: int, to_seq: int, head: str
+        self, *, time: str, node: str, from_seq: int, to_seq: int, head: str, every: int
     ) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "type": "checkpoint",
@@ -54,6 +56,7 @@ class CheckpointSigner:
             "from_seq": from_seq,
             "to_seq": to_seq,
             "head": head,
+            "every": every,
             "key_id": self.key_id,
         }
         signature = self.private_key.sign(_signed_bytes(fields))
@@ -101,11 +104,20 @@ async def load_signer(store: SecretStore, *, create: bool) -> CheckpointSigner |
 
 
 async def public_keys(store: SecretStore) -> dict[str, Ed25519PublicKey]:
-    """Every signing key's public half, by key id, read from the tags only."""
+    """Every enabled signing key's public half, by key id, read from the tags only.
+
+    A disabled version is a revoked key (it may have leaked): its signatures prove nothing.
+    """
     keys = {}
     for version in await store.versions(SECRET_NAME):
-        raw = base64.b64decode(version.tags.get("public_key", ""))
-        public = Ed25519PublicKey.from_public_bytes(raw)
+        if not version.enabled:
+            continue
+        try:
+            public = Ed25519PublicKey.from_public_bytes(
+                base64.b64decode(version.tags["public_key"])
+            )
+        except (KeyError, ValueError):
+            continue  # not a key we can check with; the verifier reports "unknown key"
         keys[key_id_of(public)] = public
     return keys
 

@@ -200,8 +200,9 @@ class Limiter:
         return limiter
 
     async def _hit(self, rule: _Rule | None, key: tuple[str, ...], cost: int) -> None:
-        if rule is None or cost <= 0:
+        if rule is None:
             return
+        cost = max(1, cost)  # nothing is free: a request always counts at least once
         for item in rule.items:
             allowed = await self._call(rule, "hit", item, key, cost)
             if allowed is False:
@@ -227,9 +228,10 @@ class Limiter:
                     async with asyncio.timeout(STORAGE_TIMEOUT_S):
                         return await self._run(self._shared, rule, op, item, key, cost)
                 except Exception as exc:  # any storage fault: connection, timeout, protocol
-                    # Pooled connections may all predate a Redis restart: drop them and
-                    # try once more on a fresh one before declaring the storage down.
-                    self._disconnect()
+                    if isinstance(exc, ConnectionError) or "Connection" in type(exc).__name__:
+                        # Pooled connections may all predate a Redis restart: drop them and
+                        # retry on a fresh one before declaring the storage down.
+                        self._disconnect()
                     if attempt == 2:
                         self._enter_degraded(exc)
         if self.on_failure == "closed":

@@ -253,6 +253,8 @@ def gateway_env(
         ),
         SCOREGATE_PORT=str(port),
         SCOREGATE_KEY_REFRESH_INTERVAL_S="0.3",
+        # A short checkpoint cadence, so a live trail is signed within a few records.
+        SCOREGATE_AUDIT_CHECKPOINT_EVERY="10",
         SCOREGATE_LOG_LEVEL="INFO",
         **extra,
     )

@@ -143,7 +143,8 @@ def test_malformed_body_is_422_and_audited(
     # One public code; the message says what is wrong (the scorer's own words pass through).
     assert (error["code"], error["message"]) == ("invalid_request", message)
     record = stack.audit_for(r.headers["x-request-id"])
-    assert (record["decision"], record["reason"], record["status"]) == ("allow", reason, 422)
+    # Authorized, then refused for its body: the decision is a denial, the reason says why.
+    assert (record["decision"], record["reason"], record["status"]) == ("deny", reason, 422)
 
 
 def test_http2_is_negotiated_over_alpn(stack: Stack) -> None:

@@ -39,7 +39,7 @@ def test_over_the_limit_is_429_with_retry_after_and_ratelimit_headers(
     assert limited.headers["ratelimit"] == f'"principal";r=0;t={retry}'
     records = gateway.records_of(owner, 4)
     assert [r["status"] for r in records] == [200, 200, 200, 429]
-    assert records[-1]["reason"] == "rate_limit_principal"
+    assert (records[-1]["decision"], records[-1]["reason"]) == ("deny", "rate_limit_principal")
     assert records[-1]["limiter"] == "memory"
 
 

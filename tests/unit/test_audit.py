@@ -296,3 +296,100 @@ def test_a_torn_last_record_stops_the_start_with_a_clear_error(tmp_path: Path) -
     path.write_bytes(line + line[:20])
     with pytest.raises(AuditTrailError, match="partial"):
         FileSink(path).tail()
+
+
+async def signed_trail(tmp_path: Path, n: int = 9, every: int = 3) -> tuple[Path, dict[str, Any]]:
+    store = LocalSecretStore(tmp_path / "secrets.json")
+    signer = await auditsign.load_signer(store, create=True)
+    path = tmp_path / "audit.jsonl"
+    await write(path, [event(i) for i in range(n)], signer=signer, checkpoint_every=every)
+    return path, await auditsign.public_keys(store)
+
+
+def rechain(path: Path, keep: Any) -> None:
+    """Rewrite the trail keeping some records, recomputing every hash (a capable attacker)."""
+    records = [r for r in lines_of(path) if keep(r)]
+    prev, out = GENESIS, []
+    for seq, r in enumerate(records, start=1):
+        fields = {k: v for k, v in r.items() if k not in {"seq", "prev", "hash"}}
+        line, prev = seal(fields, seq, prev)
+        out.append(line)
+    path.write_bytes(b"".join(out))
+
+
+async def test_removing_checkpoints_after_an_edit_is_detected(tmp_path: Path) -> None:
+    path, keys = await signed_trail(tmp_path)
+    assert verify([path], keys).ok
+    rechain(path, lambda r: r["type"] == "request")  # drop every checkpoint, re-chain
+    assert verify([path]).ok  # the chain alone is fooled
+    result = verify([path], keys)
+    assert not result.ok and "no signed checkpoint" in (result.problem or "")
+
+
+async def test_removing_the_later_checkpoints_is_detected_by_the_signed_cadence(
+    tmp_path: Path,
+) -> None:
+    path, keys = await signed_trail(tmp_path, n=12, every=3)
+    first_checkpoint = next(r["seq"] for r in lines_of(path) if r["type"] == "checkpoint")
+    rechain(path, lambda r: r["type"] == "request" or r["seq"] == first_checkpoint)
+    result = verify([path], keys)
+    assert not result.ok and "cadence" in (result.problem or "")
+
+
+async def test_an_empty_trail_does_not_verify(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"")
+    assert "no records" in (verify([path]).problem or "")
+
+
+async def test_a_line_with_a_duplicated_key_is_not_in_sealed_form(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await write(path, [event(1)])
+    line = path.read_bytes().rstrip(b"\n")
+    # A second "subject" that JSON parsers keep and grep-style readers see first.
+    forged = line.replace(b'{"bytes_in"', b'{"subject":"mallory","bytes_in"', 1)
+    path.write_bytes(forged + b"\n")
+    assert "sealed form" in (verify([path]).problem or "")
+
+
+async def test_a_disabled_signing_key_is_not_trusted(tmp_path: Path) -> None:
+    path, _ = await signed_trail(tmp_path)
+    store = LocalSecretStore(tmp_path / "secrets.json")
+    version = (await store.versions(auditsign.SECRET_NAME))[0]
+    await store.update(auditsign.SECRET_NAME, version.version, enabled=False)
+    result = verify([path], await auditsign.public_keys(store))
+    assert not result.ok and "unknown key" in (result.problem or "")
+
+
+def test_a_rotation_that_fails_half_way_recovers_on_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from gateway import audit as audit_module
+
+    path = tmp_path / "audit.jsonl"
+    sink = FileSink(path, rotate_bytes=4096)
+    prev, seq = GENESIS, 0
+    lines = []
+    for _ in range(3):
+        seq += 1
+        line, prev = seal({"type": "request", "pad": "x" * 1500}, seq, prev)
+        lines.append(line)
+    sink.write(lines[:2])
+    real_open = os.open
+    calls = {"n": 0}
+
+    def flaky_open(*args: Any, **kwargs: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(audit_module.os, "open", flaky_open)
+    with pytest.raises(OSError):
+        sink.write(lines[2:])  # rotation: the rename happened, the new file could not open
+    sink.write(lines[2:])  # the retry repairs and writes
+    sink.close()
+    assert verify([tmp_path]).records == 3

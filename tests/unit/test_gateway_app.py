@@ -222,6 +222,27 @@ async def test_v2_instances_are_counted_from_the_shape(gw: GatewayUnderTest) -> 
     assert r.status_code == 413
 
 
+@pytest.mark.parametrize("shape", [[0, 4], [-1, 4], ["1", 4], [True, 4], []])
+async def test_v2_batch_must_be_at_least_one_so_nothing_is_free(
+    gw: GatewayUnderTest, upstream: Upstream, shape: list[object]
+) -> None:
+    body = {"inputs": [{"name": "m", "shape": shape, "datatype": "FP64", "data": [0.0] * 4000}]}
+    r = await gw.client.post("/v2/models/iris/infer", json=body, headers={"api-key": gw.key})
+    assert (r.status_code, (await r.get_json())["error"]["code"]) == (422, "invalid_request")
+    assert [s for s in upstream.seen if "infer" in s["path"]] == []
+
+
+async def test_v2_cost_is_the_largest_batch_of_any_input(gw: GatewayUnderTest) -> None:
+    body = {
+        "inputs": [
+            {"name": "a", "shape": [1, 4], "datatype": "FP64", "data": [0.0] * 4},
+            {"name": "b", "shape": [9, 4], "datatype": "FP64", "data": [0.0] * 36},
+        ]
+    }
+    r = await gw.client.post("/v2/models/iris/infer", json=body, headers={"api-key": gw.key})
+    assert r.status_code == 413  # 9 > max_instances 8, though the first input says 1
+
+
 async def test_unknown_route_and_method_are_json_and_audited(gw: GatewayUnderTest) -> None:
     r = await gw.client.get("/admin")
     assert (r.status_code, (await r.get_json())["error"]["code"]) == (404, "not_found")
@@ -262,3 +283,24 @@ async def test_unexpected_exception_is_a_generic_500(
     assert "secret-path" not in text and "RuntimeError" not in text
     assert (await r.get_json())["error"]["code"] == "internal_error"
     assert (await gw.record_for(r.headers["x-request-id"]))["status"] == 500
+
+
+async def test_client_address_uses_every_forwarded_for_line(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    app, key, audit = await make_gateway(tmp_path, upstream.url, trusted_proxy_hops=1)
+    async with app.test_app() as test_app:
+        # The client sends its own line; our one trusted proxy appends another line.
+        r = await test_app.test_client().post(
+            "/v1/models/iris:predict",
+            json={"instances": ROWS},
+            headers=[
+                ("api-key", key),
+                ("x-forwarded-for", "10.9.9.9"),
+                ("x-forwarded-for", "198.51.100.7"),
+            ],
+        )
+        request_id = r.headers["x-request-id"]
+    records = [orjson.loads(line) for line in audit.read_bytes().splitlines()]
+    record = next(rec for rec in records if rec.get("request_id") == request_id)
+    assert record["client"] == "198.51.100.7"
