@@ -67,6 +67,7 @@ def verify(
     keys: dict[str, Ed25519PublicKey] | None = None,
     *,
     partial: bool = False,
+    max_unsigned: int | None = None,
 ) -> VerifyResult:
     """Check hashes, links and sequence across files in order, and the signed checkpoints.
 
@@ -76,6 +77,7 @@ def verify(
     checked and so is the cadence it signs: more unsigned records in a row than the writer
     allows means checkpoints were removed. With ``keys`` None only the chain is checked (a
     rewrite that recomputes every hash then goes unnoticed: give the public key for proof).
+    ``max_unsigned`` is the writer's cadence, for a live trail not yet signed at all.
     """
     result = VerifyResult()
     prev: str | None = None
@@ -127,7 +129,16 @@ def verify(
                 prev, seq = claimed, record_seq
                 result.records += 1
                 result.last_seq = record_seq
-    return _check_end(result, last_checkpoint, keys)
+    return _check_end(result, last_checkpoint, keys, max_unsigned)
+
+
+def describe_signing(result: VerifyResult) -> str:
+    if result.checkpoints == 0:
+        return f"no checkpoint yet ({result.records} records, within the signing cadence)"
+    return (
+        f"{result.checkpoints} signed checkpoints, "
+        f"{result.unsigned_tail} records after the last one"
+    )
 
 
 def _check_checkpoint(
@@ -165,13 +176,22 @@ def _check_cadence(
 
 
 def _check_end(
-    result: VerifyResult, last: dict[str, Any] | None, keys: dict[str, Ed25519PublicKey] | None
+    result: VerifyResult,
+    last: dict[str, Any] | None,
+    keys: dict[str, Ed25519PublicKey] | None,
+    max_unsigned: int | None,
 ) -> VerifyResult:
     if result.records == 0:
         return result.fail(0, "the trail holds no records")
     if keys is None:
         return result
     if last is None:
+        if max_unsigned is not None and result.records <= max_unsigned:
+            result.notes.append(
+                f"no checkpoint yet: a live trail is signed every {max_unsigned} records "
+                "or when its interval passes"
+            )
+            return result
         return result.fail(0, "no signed checkpoint in the trail: nothing proves it complete")
     tail = result.unsigned_tail
     if tail > int(last["every"]):

@@ -247,7 +247,12 @@ def _audit_verify(args: argparse.Namespace, store: Any) -> int:
         if not keys:
             _err("no public key to check checkpoint signatures: give --public-key or --chain-only")
             return 2
-    result = auditlog.verify(_audit_paths(args), keys, partial=args.partial)
+    result = auditlog.verify(
+        _audit_paths(args),
+        keys,
+        partial=args.partial,
+        max_unsigned=_settings(args).audit_checkpoint_every,
+    )
     for note in result.notes:
         _out(f"note: {note}")
     if not result.ok:

@@ -87,6 +87,9 @@ def _wait_ready(url: str, ca: Path, processes: list[DemoProcess], timeout_s: flo
 
 def _check_port_free(port: int) -> None:
     with socket.socket() as sock:
+        # As the servers will bind: SO_REUSEADDR, so that connections in TIME_WAIT from an
+        # earlier run do not count as a listener.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -190,8 +193,8 @@ def run_demo(
         out(f"Audit trail: {state / 'audit'}   logs: {logs}")
         if once:
             _stop(processes)  # the gateway drains its queue and signs the head on the way out
-            return 0 if _verify_audit(state, out) and ok else 1
-        _verify_audit(state, out)
+            return 0 if _verify_audit(state, out, settings.audit_checkpoint_every) and ok else 1
+        _verify_audit(state, out, settings.audit_checkpoint_every)
         out("\nServing until Ctrl-C ...")
         while all(p.proc.poll() is None for p in processes):
             time.sleep(0.5)
@@ -271,14 +274,13 @@ def _show_audit(trail: Path, request_ids: list[str], out: Callable[[str], None])
     return len(found) == len(wanted)
 
 
-def _verify_audit(state: Path, out: Callable[[str], None]) -> bool:
+def _verify_audit(state: Path, out: Callable[[str], None], max_unsigned: int) -> bool:
     keys = asyncio.run(auditsign.public_keys(LocalSecretStore(state / "secrets.json")))
-    result = auditlog.verify([state / "audit"], keys)
+    result = auditlog.verify([state / "audit"], keys, max_unsigned=max_unsigned)
     if result.ok:
         out(
             f"Audit trail verified: {result.records} records, chain intact, "
-            f"{result.checkpoints} signed checkpoints, "
-            f"{result.unsigned_tail} records after the last one (`scoregate audit verify`)"
+            f"{auditlog.describe_signing(result)} (`scoregate audit verify`)"
         )
     else:
         out(f"Audit trail BROKEN: {result.problem}")

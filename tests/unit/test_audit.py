@@ -324,6 +324,10 @@ async def test_removing_checkpoints_after_an_edit_is_detected(tmp_path: Path) ->
     assert verify([path]).ok  # the chain alone is fooled
     result = verify([path], keys)
     assert not result.ok and "no signed checkpoint" in (result.problem or "")
+    # A live trail younger than one cadence is fine when the cadence is given...
+    assert verify([path], keys, max_unsigned=1000).ok
+    # ...but not one with more unsigned records than the cadence allows.
+    assert not verify([path], keys, max_unsigned=3).ok
 
 
 async def test_removing_the_later_checkpoints_is_detected_by_the_signed_cadence(
