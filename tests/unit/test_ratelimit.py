@@ -257,3 +257,27 @@ async def test_redis_stopped_and_restarted_mid_run(
         await limiter.check_principal(who, "iris", 1)
     finally:
         server.stop()
+
+
+async def test_a_hanging_redis_times_out_into_the_fallback(make: Callable[..., Limiter]) -> None:
+    # A server that accepts connections and never answers: the 0.25 s storage timeout,
+    # not the client's own, decides, and the request goes on with the fallback.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(-1)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        limiter = make(
+            policy(per_principal="3/minute"), f"async+redis://127.0.0.1:{port}", "memory"
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await limiter.check_principal(principal(), "iris", 1)
+        elapsed = loop.time() - started
+        assert limiter.state == "memory-fallback"
+        assert elapsed < 2.0  # two attempts of at most STORAGE_TIMEOUT_S each, plus slack
+    finally:
+        server.close()
+        await server.wait_closed()
