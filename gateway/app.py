@@ -38,8 +38,10 @@ from gateway.errors import (
     Unauthenticated,
 )
 from gateway.forward import Forwarder
+from gateway.jwtauth import JWTValidator
 from gateway.keyring import KeyRing
 from gateway.policy import AccessPolicy, Route, RouteTable
+from gateway.principal import Principal
 from gateway.ratelimit import Limiter, RateLimited
 from gateway.secretstore import LocalSecretStore, SecretStore, SecretStoreError, utcnow
 from gateway.settings import GatewaySettings
@@ -57,6 +59,7 @@ class Gateway:
     settings: GatewaySettings
     store: SecretStore
     keys: KeyRing
+    jwt: JWTValidator
     routes: RouteTable
     access: AccessPolicy
     forwarder: Forwarder
@@ -322,7 +325,9 @@ def create_app(gw: Gateway) -> Quart:
             response.headers.update(exc.headers)
         if exc.status == 401:
             # RFC 9110 §11.6.1: a 401 names the scheme the client should use.
-            response.headers["WWW-Authenticate"] = 'ApiKey realm="scoregate", header="api-key"'
+            response.headers["WWW-Authenticate"] = (
+                'Bearer realm="scoregate", ApiKey realm="scoregate", header="api-key"'
+            )
         return response
 
     @app.errorhandler(GatewayError)
@@ -362,10 +367,23 @@ def create_app(gw: Gateway) -> Quart:
         return _json({"ready": is_ready, **checks}, 200 if is_ready else 503)
 
     # -- model endpoints -----------------------------------------------------------
+    def authenticate_request(headers: Any) -> Principal:
+        """A bearer JWT or an API key, never both (an ambiguous request is refused)."""
+        authorization = headers.get("authorization")
+        api_key = headers.get("api-key")
+        if authorization is not None and api_key is not None:
+            raise Unauthenticated(reason="credentials_ambiguous")
+        if authorization is None:
+            return authenticate(api_key, gw.keys, utcnow())
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated(reason="authorization_scheme_unsupported")
+        return gw.jwt.authenticate(token.strip())
+
     async def admit(model: str) -> Route:
         """Authenticate, route, authorize: 401, then 404, then 403."""
         try:
-            principal = authenticate(request.headers.get("api-key"), gw.keys, utcnow())
+            principal = authenticate_request(request.headers)
         except Unauthenticated:
             await gw.limiter.failed_authentication(g.client)
             raise

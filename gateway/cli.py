@@ -130,6 +130,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     f"key id {info['key_id']} for {info['owner']} ({info['scopes']}): "
                     "store the key now, it is not shown again\n"
                 )
+        elif args.keys_command == "rotate":
+            issued = await keyadmin.rotate(
+                store, args.key_id, overlap=keyadmin.parse_duration(args.overlap)
+            )
+            _out(issued.key)  # shown once, like at creation
+            sys.stderr.write(
+                f"new generation {issued.generation.version} of {args.key_id}; the previous "
+                f"ones stay valid for {args.overlap}: store the key now, it is not shown again\n"
+            )
         elif args.keys_command == "list":
             rows = [keyadmin.describe(g) for g in await keyadmin.list_keys(store)]
             if args.json:
@@ -150,6 +159,30 @@ def cmd_keys(args: argparse.Namespace) -> int:
     except keyadmin.KeyAdminError as exc:
         _err(str(exc))
         return 2
+
+
+# -- token ---------------------------------------------------------------------------
+def cmd_token(args: argparse.Namespace) -> int:
+    from gateway import keyadmin, tokens
+    from gateway.secretstore import LocalSecretStore
+
+    settings = _settings(args)
+    if settings.secret_store != "local":  # noqa: S105 - a backend name
+        # The dev issuer must never sign with keys from a production vault.
+        _err("token mint works against the embedded local store only")
+        return 2
+    issuers = {cfg.name: cfg for cfg in tokens.load_issuers(settings.jwt_issuers_file)}
+    issuer = issuers.get(args.issuer)
+    if issuer is None:
+        _err(f"no issuer {args.issuer!r} in {settings.jwt_issuers_file}")
+        return 2
+    ttl = int(keyadmin.parse_duration(args.ttl).total_seconds())
+    store = LocalSecretStore(settings.store_path)
+    token = asyncio.run(
+        tokens.mint(store, issuer, subject=args.sub, scopes=args.scope or [], ttl_s=ttl)
+    )
+    _out(token)
+    return 0
 
 
 # -- score ---------------------------------------------------------------------------
@@ -311,12 +344,24 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--scope", action="append", required=True, help="e.g. models:iris (repeat)")
     create.add_argument("--expires", help="lifetime, e.g. 90d")
     create.add_argument("--json", action="store_true")
+    rot = ksub.add_parser("rotate", help="new generation; the old stays valid for --overlap")
+    rot.add_argument("key_id")
+    rot.add_argument("--overlap", default="24h", help="how long the old generation stays valid")
     lst = ksub.add_parser("list", help="every key generation and its state (no secrets)")
     lst.add_argument("--json", action="store_true")
     rev = ksub.add_parser("revoke", help="disable a key (all generations, or one --version)")
     rev.add_argument("key_id")
     rev.add_argument("--version")
     keys.set_defaults(func=cmd_keys)
+
+    token = sub.add_parser("token", help="JWTs from the dev issuer (embedded store only)")
+    tsub = token.add_subparsers(dest="token_command", required=True)
+    mint = tsub.add_parser("mint", help="sign a token for a subject and scopes")
+    mint.add_argument("--sub", required=True)
+    mint.add_argument("--scope", action="append", help="e.g. models:iris (repeat)")
+    mint.add_argument("--ttl", default="15m")
+    mint.add_argument("--issuer", default="dev")
+    token.set_defaults(func=cmd_token)
 
     score = sub.add_parser(
         "score", help="score instances through the gateway (key in $SCOREGATE_API_KEY)"

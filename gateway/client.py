@@ -26,6 +26,7 @@ def call(
     method: str = "GET",
     payload: Any = None,
     api_key: str | None = None,
+    bearer: str | None = None,
     timeout_s: float = 10.0,
 ) -> Reply:
     parts = urlsplit(url)
@@ -41,6 +42,8 @@ def call(
         headers["content-type"] = "application/json"
     if api_key is not None:
         headers["api-key"] = api_key
+    if bearer is not None:
+        headers["authorization"] = f"Bearer {bearer}"
     try:
         conn.request(method, parts.path or "/", body=body, headers=headers)
         response = conn.getresponse()

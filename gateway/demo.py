@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from certs.authority import CertPaths, ensure_server_certificate
-from gateway import auditlog, auditsign, keyadmin
+from gateway import auditlog, auditsign, keyadmin, tokens
 from gateway.client import Reply, call
 from gateway.secretstore import LocalSecretStore
 from gateway.settings import GatewaySettings
@@ -129,6 +129,18 @@ async def _fresh_demo_key(store_path: Path) -> str:
     return issued.key
 
 
+async def _demo_token(store_path: Path, settings: GatewaySettings) -> str:
+    """A 1-hour token from the dev issuer (its key is made on first use, in the local store)."""
+    issuers = {cfg.name: cfg for cfg in tokens.load_issuers(settings.jwt_issuers_file)}
+    return await tokens.mint(
+        LocalSecretStore(store_path),
+        issuers[tokens.DEV_ISSUER],
+        subject="demo-jwt",
+        scopes=["models:iris"],
+        ttl_s=3600,
+    )
+
+
 def run_demo(
     settings: GatewaySettings, *, once: bool, scorer_port: int, out: Callable[[str], None]
 ) -> int:
@@ -149,6 +161,7 @@ def run_demo(
         [sys.executable, "-m", "scorer", "train-demo", "--repository", str(models)], check=True
     )
     api_key = asyncio.run(_fresh_demo_key(state / "secrets.json"))
+    token = asyncio.run(_demo_token(state / "secrets.json", settings))
     routes = state / "demo-routes.toml"
     _write_routes(routes, scorer_port)
 
@@ -181,7 +194,7 @@ def run_demo(
     base = f"https://localhost:{settings.port}"
     try:
         _wait_ready(f"{base}/v2/health/ready", ca, processes)
-        ok, request_ids = _show_requests(base, ca, api_key, out)
+        ok, request_ids = _show_requests(base, ca, api_key, token, out)
         ok &= _show_audit(state / "audit", request_ids, out)
         curl = (
             f"curl --cacert {shlex.quote(str(ca))} -H 'api-key: {api_key}' "
@@ -210,7 +223,7 @@ def run_demo(
 
 
 def _show_requests(
-    base: str, ca: Path, api_key: str, out: Callable[[str], None]
+    base: str, ca: Path, api_key: str, token: str, out: Callable[[str], None]
 ) -> tuple[bool, list[str]]:
     checks: list[tuple[str, Reply, int]] = []
     v1 = call(
@@ -234,6 +247,14 @@ def _show_requests(
         },
     )
     checks.append(("v2 infer", v2, 200))
+    with_jwt = call(
+        f"{base}/v1/models/iris:predict",
+        ca=ca,
+        method="POST",
+        bearer=token,
+        payload={"instances": SAMPLES[1:2]},
+    )
+    checks.append(("JWT", with_jwt, 200))
     denied = call(
         f"{base}/v1/models/iris:predict", ca=ca, method="POST", payload={"instances": SAMPLES[:1]}
     )

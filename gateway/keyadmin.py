@@ -66,6 +66,29 @@ async def create(
     return IssuedKey(key, KeyGeneration.from_secret(key_id, version))
 
 
+async def rotate(store: SecretStore, key_id: str, *, overlap: dt.timedelta) -> IssuedKey:
+    """A new generation of ``key_id``; the current ones stay valid for ``overlap`` only.
+
+    The new generation is written first, so at every moment some generation is valid.
+    """
+    name = secret_name(key_id)
+    versions = await store.versions(name)
+    now = utcnow()
+    current = [v for v in versions if v.usable(now)]
+    if not current:
+        raise KeyAdminError(f"key {key_id!r} has no active generation to rotate")
+    key = apikeys.new_key(key_id)
+    newest = current[-1]
+    version = await store.set(
+        name, apikeys.digest(key), tags=dict(newest.tags), expires_on=newest.expires_on
+    )
+    ends = now + overlap
+    for old in current:
+        if old.expires_on is None or old.expires_on > ends:
+            await store.update(name, old.version, expires_on=ends)
+    return IssuedKey(key, KeyGeneration.from_secret(key_id, version))
+
+
 async def list_keys(store: SecretStore) -> list[KeyGeneration]:
     generations: list[KeyGeneration] = []
     for name in await store.list_names(SECRET_PREFIX):

@@ -12,10 +12,12 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from gateway.jwtauth import VerificationKey
 from gateway.secretstore import SecretStore, SecretVersion
+from gateway.tokens import load_verification_keys
 
 log = logging.getLogger("gateway.keys")
 SECRET_PREFIX = "apikey-"  # noqa: S105 - a name prefix, not a secret
@@ -63,10 +65,18 @@ class KeyGeneration:
 class KeyRing:
     """key id → generations, swapped whole on each refresh (readers never see a half-built map)."""
 
-    def __init__(self, store: SecretStore, *, refresh_interval_s: float) -> None:
+    def __init__(
+        self,
+        store: SecretStore,
+        *,
+        refresh_interval_s: float,
+        on_jwt_keys: Callable[[dict[str, VerificationKey]], None] | None = None,
+    ) -> None:
         self._store = store
         self._interval = refresh_interval_s
         self._keys: Mapping[str, tuple[KeyGeneration, ...]] = {}
+        self._on_jwt_keys = on_jwt_keys
+        self._jwt_fingerprint: tuple[tuple[str, str, str], ...] | None = None
         self.loaded = False
         self.last_refresh_monotonic: float | None = None
         self.last_error: str | None = None
@@ -80,6 +90,12 @@ class KeyRing:
             key_id = name.removeprefix(SECRET_PREFIX)
             versions = await self._store.versions(name)
             keys[key_id] = tuple(KeyGeneration.from_secret(key_id, v) for v in versions)
+        if self._on_jwt_keys is not None:
+            jwt_keys = await load_verification_keys(self._store)
+            fingerprint = tuple(sorted((k.kid, k.issuer, k.algorithm) for k in jwt_keys.values()))
+            if fingerprint != self._jwt_fingerprint:  # swap only on change: keeps the cache warm
+                self._on_jwt_keys(jwt_keys)
+                self._jwt_fingerprint = fingerprint
         self._keys = keys
         self.loaded = True
         self.last_refresh_monotonic = time.monotonic()

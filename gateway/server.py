@@ -14,11 +14,13 @@ from gateway import tls
 from gateway.app import Gateway, create_app
 from gateway.audit import AuditSink, AuditTrail, FileSink, StdoutSink
 from gateway.forward import Forwarder
+from gateway.jwtauth import JWTValidator
 from gateway.keyring import KeyRing
 from gateway.policy import AccessPolicy, RouteTable
 from gateway.ratelimit import Limiter, RateLimitPolicy
 from gateway.secretstore import LocalSecretStore
 from gateway.settings import GatewaySettings
+from gateway.tokens import load_issuers
 
 
 class TLSConfig(Config):
@@ -59,10 +61,16 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     routes = RouteTable.load(settings.routes_file)
     store = LocalSecretStore(settings.store_path)
     limits = RateLimitPolicy.load(settings.rate_limit_policy_file, routes.models)
+    validator = JWTValidator(load_issuers(settings.jwt_issuers_file))
     return Gateway(
         settings=settings,
         store=store,
-        keys=KeyRing(store, refresh_interval_s=settings.key_refresh_interval_s),
+        keys=KeyRing(
+            store,
+            refresh_interval_s=settings.key_refresh_interval_s,
+            on_jwt_keys=validator.set_keys,
+        ),
+        jwt=validator,
         routes=routes,
         access=AccessPolicy.load(settings.access_policy_file, routes),
         forwarder=Forwarder(max_response_bytes=settings.max_response_bytes),

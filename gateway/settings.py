@@ -45,6 +45,7 @@ class GatewaySettings(BaseSettings):
     # Policies.
     routes_file: Path = REPO_ROOT / "policies" / "routes.toml"
     access_policy_file: Path = REPO_ROOT / "policies" / "access.toml"
+    jwt_issuers_file: Path = REPO_ROOT / "policies" / "issuers.toml"
 
     # Secrets.
     secret_store: Literal["local"] = "local"  # noqa: S105 - a backend name

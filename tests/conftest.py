@@ -29,12 +29,13 @@ from scorer.demo import train_iris
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY_PATTERN = re.compile(rb"sg_[a-z2-7]{16}_[a-z2-7]{52}_[0-9a-f]{8}")
+JWT_PATTERN = re.compile(rb"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_secret_in_any_log_or_audit_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """After the whole suite: no API key in any file the suite's processes wrote, and no
-    private key in any log or audit file (SECURITY-CATALOG: audit log, no secrets)."""
+    private key or token in any log or audit file (SECURITY-CATALOG: audit log)."""
     yield
     base = tmp_path_factory.getbasetemp()
     leaks = []
@@ -48,6 +49,8 @@ def no_secret_in_any_log_or_audit_file(tmp_path_factory: pytest.TempPathFactory)
             leaks.append(f"{path}: an API key")
         if path.suffix in {".log", ".jsonl"} and b"PRIVATE KEY" in data:
             leaks.append(f"{path}: a private key")
+        if path.suffix in {".log", ".jsonl"} and JWT_PATTERN.search(data):
+            leaks.append(f"{path}: a token")
     if leaks:
         raise AssertionError("secrets leaked into files:\n" + "\n".join(leaks))
     assert scanned > 0 or not any(base.iterdir())

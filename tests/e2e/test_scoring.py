@@ -78,7 +78,9 @@ def test_missing_or_malformed_key_is_401_with_json_error_and_audit(
         r = client.post("/v1/models/iris:predict", json={"instances": ROWS}, headers=headers)
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "unauthenticated"
-    assert r.headers["www-authenticate"].startswith("ApiKey")
+    assert r.headers["www-authenticate"] == (
+        'Bearer realm="scoregate", ApiKey realm="scoregate", header="api-key"'
+    )
     record = stack.audit_for(r.headers["x-request-id"])
     assert (record["decision"], record["reason"], record["status"]) == ("deny", reason, 401)
 
@@ -211,6 +213,7 @@ def test_demo_once_exits_zero_after_real_predictions(
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "[ok ] v1 predict HTTP 200" in out.stdout
+    assert "[ok ] JWT        HTTP 200" in out.stdout
     assert "[7.7, 3.0, 6.1, 2.3] → virginica" in out.stdout
     assert "curl --cacert" in out.stdout
     assert "Audit records of these requests" in out.stdout
