@@ -1,0 +1,216 @@
+"""A Key Vault-compatible HTTPS server, for tests: the secrets REST API subset the SDK uses.
+
+Azure itself is not reachable here; everything else is real: the Azure SDK's HTTP
+pipeline, its bearer-challenge handshake, TLS with the test CA, and the JSON shapes of
+the secrets API (api-version 7.x): set, get, list secrets, list versions, update
+properties. ``fail_with`` makes the server answer every request with a status (503 down,
+429 throttling) to test how the gateway copes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+TOKEN = "test-access-token"
+TENANT = "00000000-0000-0000-0000-000000000000"
+CHALLENGE = (
+    f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
+    'resource="https://vault.azure.net"'
+)
+
+
+@dataclass
+class _Version:
+    version: str
+    value: str
+    tags: dict[str, str]
+    enabled: bool
+    created: int
+    exp: int | None = None
+    nbf: int | None = None
+
+
+@dataclass
+class VaultState:
+    secrets: dict[str, list[_Version]] = field(default_factory=dict)
+    fail_with: int | None = None
+    requests: int = 0
+    unauthenticated: int = 0
+
+
+def _attributes(v: _Version) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "enabled": v.enabled,
+        "created": v.created,
+        "updated": v.created,
+        "recoveryLevel": "Recoverable+Purgeable",
+    }
+    if v.exp is not None:
+        attrs["exp"] = v.exp
+    if v.nbf is not None:
+        attrs["nbf"] = v.nbf
+    return attrs
+
+
+def build_app(state: VaultState) -> web.Application:
+    def base(request: web.Request) -> str:
+        return f"https://{request.host}"
+
+    def bundle(request: web.Request, name: str, v: _Version, *, value: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": f"{base(request)}/secrets/{name}/{v.version}",
+            "attributes": _attributes(v),
+            "tags": v.tags,
+        }
+        if value:
+            out["value"] = v.value
+        return out
+
+    def error(status: int, code: str, message: str) -> web.Response:
+        return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+        state.requests += 1
+        if state.fail_with is not None:
+            headers = {"Retry-After": "1"} if state.fail_with == 429 else {}
+            return web.json_response(
+                {"error": {"code": "Throttled", "message": "x"}},
+                status=state.fail_with,
+                headers=headers,
+            )
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            state.unauthenticated += 1
+            return web.json_response(
+                {"error": {"code": "Unauthorized", "message": "AKV10000"}},
+                status=401,
+                headers={"WWW-Authenticate": CHALLENGE},
+            )
+        return await handler(request)
+
+    async def set_secret(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await request.json()
+        attrs = body.get("attributes") or {}
+        v = _Version(
+            version=secrets.token_hex(16),
+            value=body["value"],
+            tags=body.get("tags") or {},
+            enabled=attrs.get("enabled", True),
+            created=int(time.time()),
+            exp=attrs.get("exp"),
+            nbf=attrs.get("nbf"),
+        )
+        state.secrets.setdefault(name, []).append(v)
+        return web.json_response(bundle(request, name, v, value=True))
+
+    def find(name: str, version: str) -> _Version | None:
+        versions = state.secrets.get(name, [])
+        if not version:
+            return versions[-1] if versions else None
+        return next((v for v in versions if v.version == version), None)
+
+    async def get_secret(request: web.Request) -> web.Response:
+        name, version = request.match_info["name"], request.match_info.get("version", "")
+        v = find(name, version)
+        if v is None:
+            return error(404, "SecretNotFound", f"A secret with (name/id) {name} was not found")
+        if not v.enabled:
+            return error(403, "Forbidden", "Operation get is not allowed on a disabled secret.")
+        return web.json_response(bundle(request, name, v, value=True))
+
+    async def update_secret(request: web.Request) -> web.Response:
+        name, version = request.match_info["name"], request.match_info["version"]
+        v = find(name, version)
+        if v is None:
+            return error(404, "SecretNotFound", f"A secret with (name/id) {name} was not found")
+        body = await request.json()
+        attrs = body.get("attributes") or {}
+        if "enabled" in attrs:
+            v.enabled = bool(attrs["enabled"])
+        if "exp" in attrs:
+            v.exp = attrs["exp"]
+        if body.get("tags") is not None:
+            v.tags = body["tags"]
+        return web.json_response(bundle(request, name, v, value=False))
+
+    async def list_secrets(request: web.Request) -> web.Response:
+        items = [
+            {
+                "id": f"{base(request)}/secrets/{name}",
+                "attributes": _attributes(vs[-1]),
+                "tags": vs[-1].tags,
+            }
+            for name, vs in state.secrets.items()
+            if vs
+        ]
+        return web.json_response({"value": items, "nextLink": None})
+
+    async def list_versions(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in state.secrets:
+            return error(404, "SecretNotFound", f"A secret with (name/id) {name} was not found")
+        items = [bundle(request, name, v, value=False) for v in state.secrets[name]]
+        return web.json_response({"value": items, "nextLink": None})
+
+    app = web.Application(middlewares=[auth])
+    app.router.add_get("/secrets", list_secrets)
+    app.router.add_put("/secrets/{name}", set_secret)
+    app.router.add_get("/secrets/{name}/versions", list_versions)
+    app.router.add_get("/secrets/{name}/{version}", get_secret)
+    app.router.add_get("/secrets/{name}", get_secret)
+    app.router.add_patch("/secrets/{name}/{version}", update_secret)
+    return app
+
+
+class KeyVaultServer:
+    """Runs the app on its own event loop in a thread, on 127.0.0.1 with the test CA's cert."""
+
+    def __init__(self, cert: str, key: str, port: int) -> None:
+        self.state = VaultState()
+        self.port = port
+        self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._ssl.load_cert_chain(cert, key)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> None:
+            self._runner = web.AppRunner(build_app(self.state), access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self._ssl).start()
+            self._ready.set()
+
+        self._loop.run_until_complete(start())
+        self._loop.run_forever()
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the Key Vault test server did not start")
+
+    def stop(self) -> None:
+        async def cleanup() -> None:
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
