@@ -15,9 +15,9 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -30,6 +30,8 @@ from certs.authority import (
     load_certificate,
 )
 from gateway.settings import GatewaySettings, unknown_environment
+
+T = TypeVar("T")
 
 
 def _out(line: str) -> None:
@@ -109,12 +111,18 @@ def cmd_certs(args: argparse.Namespace) -> int:
 # -- keys ----------------------------------------------------------------------------
 def cmd_keys(args: argparse.Namespace) -> int:
     from gateway import keyadmin
-    from gateway.secretstore import LocalSecretStore
+    from gateway.secretstore import SecretStoreError, open_store
 
     settings = _settings(args)
-    store = LocalSecretStore(settings.store_path)
 
     async def go() -> int:
+        store = open_store(settings)
+        try:
+            return await keys_command(store)
+        finally:
+            await store.close()
+
+    async def keys_command(store: Any) -> int:
         if args.keys_command == "create":
             expires = keyadmin.parse_duration(args.expires) if args.expires else None
             issued = await keyadmin.create(
@@ -156,7 +164,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(go())
-    except keyadmin.KeyAdminError as exc:
+    except (keyadmin.KeyAdminError, SecretStoreError) as exc:
         _err(str(exc))
         return 2
 
@@ -211,20 +219,32 @@ def _audit_paths(args: argparse.Namespace) -> list[Path]:
     return list(args.paths) if args.paths else [_settings(args).audit_file.parent]
 
 
+def _with_store(args: argparse.Namespace, use: Callable[[Any], Awaitable[T]]) -> T:
+    """Run one store operation on the configured backend, closing the store after."""
+    from gateway.secretstore import open_store
+
+    async def go() -> T:
+        store = open_store(_settings(args))
+        try:
+            return await use(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from gateway import auditlog, auditsign
-    from gateway.secretstore import LocalSecretStore
 
-    store = LocalSecretStore(_settings(args).store_path)
     command = args.audit_command
     if command == "keygen":
-        signer = asyncio.run(auditsign.generate(store))
+        signer = _with_store(args, auditsign.generate)
         _out(
             f"new audit signing key {signer.key_id}; checkpoints use it from the next gateway start"
         )
         return 0
     if command == "public-key":
-        keys = asyncio.run(auditsign.public_keys(store))
+        keys = _with_store(args, auditsign.public_keys)
         if not keys:
             _err("no audit signing key in the store")
             return 1
@@ -232,7 +252,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             _out(f"# key id {key_id}\n{auditsign.public_key_pem(public)}")
         return 0
     if command == "verify":
-        return _audit_verify(args, store)
+        return _audit_verify(args)
     since = auditlog.parse_time(args.since) if args.since else None
     until = auditlog.parse_time(args.until) if args.until else None
     if command == "query":
@@ -267,7 +287,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_verify(args: argparse.Namespace, store: Any) -> int:
+def _audit_verify(args: argparse.Namespace) -> int:
     from gateway import auditlog, auditsign
 
     keys = None
@@ -275,7 +295,7 @@ def _audit_verify(args: argparse.Namespace, store: Any) -> int:
         keys = (
             auditsign.load_public_key(args.public_key)
             if args.public_key
-            else asyncio.run(auditsign.public_keys(store))
+            else _with_store(args, auditsign.public_keys)
         )
         if not keys:
             _err("no public key to check checkpoint signatures: give --public-key or --chain-only")

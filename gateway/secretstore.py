@@ -23,7 +23,10 @@ import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from gateway.settings import GatewaySettings
 
 
 def utcnow() -> dt.datetime:
@@ -254,3 +257,22 @@ class LocalSecretStore:
 
     async def close(self) -> None:
         return None
+
+
+def open_store(settings: GatewaySettings) -> SecretStore:
+    """The store the settings name: the embedded file, or Key Vault with DefaultAzureCredential."""
+    if settings.secret_store == "local":  # noqa: S105 - a backend name
+        return LocalSecretStore(settings.store_path)
+    if not settings.keyvault_url:
+        raise SecretStoreError(
+            "SCOREGATE_KEYVAULT_URL is required with SCOREGATE_SECRET_STORE=keyvault"
+        )
+    from azure.identity.aio import DefaultAzureCredential
+
+    from gateway.keyvault import KeyVaultSecretStore
+
+    return KeyVaultSecretStore(
+        settings.keyvault_url,
+        DefaultAzureCredential(),
+        verify_challenge_resource=settings.keyvault_verify_challenge_resource,
+    )

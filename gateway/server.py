@@ -18,7 +18,7 @@ from gateway.jwtauth import JWTValidator
 from gateway.keyring import KeyRing
 from gateway.policy import AccessPolicy, RouteTable
 from gateway.ratelimit import Limiter, RateLimitPolicy
-from gateway.secretstore import LocalSecretStore
+from gateway.secretstore import open_store
 from gateway.settings import GatewaySettings
 from gateway.tokens import load_issuers
 
@@ -59,7 +59,7 @@ def build_audit(settings: GatewaySettings) -> AuditTrail:
 
 def build_gateway(settings: GatewaySettings) -> Gateway:
     routes = RouteTable.load(settings.routes_file)
-    store = LocalSecretStore(settings.store_path)
+    store = open_store(settings)
     limits = RateLimitPolicy.load(settings.rate_limit_policy_file, routes.models)
     validator = JWTValidator(load_issuers(settings.jwt_issuers_file))
     return Gateway(

@@ -48,7 +48,12 @@ class GatewaySettings(BaseSettings):
     jwt_issuers_file: Path = REPO_ROOT / "policies" / "issuers.toml"
 
     # Secrets.
-    secret_store: Literal["local"] = "local"  # noqa: S105 - a backend name
+    secret_store: Literal["local", "keyvault"] = "local"  # noqa: S105 - a backend name
+    # Key Vault: https://<name>.vault.azure.net; the credential is DefaultAzureCredential
+    # (workload identity on AKS). Turn the challenge check off only for a test vault on
+    # localhost, whose challenge cannot name vault.azure.net.
+    keyvault_url: str | None = None
+    keyvault_verify_challenge_resource: bool = True
     local_store_path: Path | None = None  # default: <state_dir>/secrets.json
     key_refresh_interval_s: float = Field(default=2.0, gt=0)
     # Readiness fails when the last good key refresh is older than this.

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from azure.core.credentials import AccessToken
 
 from certs.authority import CertPaths, create_ca, issue
 from gateway import keyadmin
@@ -26,6 +27,7 @@ from gateway.keyring import secret_name
 from gateway.secretstore import LocalSecretStore, utcnow
 from gateway.tls import client_context
 from scorer.demo import train_iris
+from tests.keyvault_server import TOKEN, KeyVaultServer
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY_PATTERN = re.compile(rb"sg_[a-z2-7]{16}_[a-z2-7]{52}_[0-9a-f]{8}")
@@ -438,3 +440,31 @@ async def new_key(store_path: Path, scopes: list[str] | None = None) -> tuple[st
         LocalSecretStore(store_path), owner=owner, scopes=scopes or ["models:iris"]
     )
     return issued.key, owner
+
+
+class StaticCredential:
+    """Stands in for Entra ID (which cannot exist here): hands out the server's token."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        self.calls += 1
+        return AccessToken(TOKEN, int(utcnow().timestamp()) + 3600)
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> StaticCredential:
+        return self
+
+    async def __aexit__(self, *args: object) -> None:
+        return None
+
+
+@pytest.fixture(scope="session")
+def vault(pki: CertPaths) -> Iterator[KeyVaultServer]:
+    server = KeyVaultServer(str(pki.cert("gateway")), str(pki.key("gateway")), free_port())
+    server.start()
+    yield server
+    server.stop()

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 TOKEN = "test-access-token"
+IDENTITY_HEADER = "test-identity-header"  # the App Service managed-identity shared secret
 TENANT = "00000000-0000-0000-0000-000000000000"
 CHALLENGE = (
     f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
@@ -44,6 +45,7 @@ class VaultState:
     fail_with: int | None = None
     requests: int = 0
     unauthenticated: int = 0
+    tokens_issued: int = 0
 
 
 def _attributes(v: _Version) -> dict[str, Any]:
@@ -87,6 +89,8 @@ def build_app(state: VaultState) -> web.Application:
                 status=state.fail_with,
                 headers=headers,
             )
+        if request.path == "/msi/token":
+            return await handler(request)
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             state.unauthenticated += 1
             return web.json_response(
@@ -161,7 +165,23 @@ def build_app(state: VaultState) -> web.Application:
         items = [bundle(request, name, v, value=False) for v in state.secrets[name]]
         return web.json_response({"value": items, "nextLink": None})
 
+    async def msi_token(request: web.Request) -> web.Response:
+        """The App Service managed-identity endpoint (IDENTITY_ENDPOINT), as azure-identity
+        calls it, so DefaultAzureCredential in a gateway process gets a token here."""
+        if request.headers.get("X-IDENTITY-HEADER") != IDENTITY_HEADER:
+            return error(401, "Unauthorized", "bad identity header")
+        state.tokens_issued += 1
+        return web.json_response(
+            {
+                "access_token": TOKEN,
+                "expires_on": str(int(time.time()) + 3600),
+                "resource": request.query.get("resource", ""),
+                "token_type": "Bearer",
+            }
+        )
+
     app = web.Application(middlewares=[auth])
+    app.router.add_get("/msi/token", msi_token)
     app.router.add_get("/secrets", list_secrets)
     app.router.add_put("/secrets/{name}", set_secret)
     app.router.add_get("/secrets/{name}/versions", list_versions)

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from azure.core.credentials import AccessToken
 
 from certs.authority import CertPaths
 from gateway import keyadmin
@@ -19,36 +17,8 @@ from gateway.errors import Unauthenticated
 from gateway.keyring import KeyRing
 from gateway.keyvault import KeyVaultSecretStore
 from gateway.secretstore import LocalSecretStore, SecretStore, SecretStoreError, utcnow
-from tests.conftest import free_port
-from tests.keyvault_server import TOKEN, KeyVaultServer
-
-
-class StaticCredential:
-    """Stands in for Entra ID (which cannot exist here): hands out the server's token."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        self.calls += 1
-        return AccessToken(TOKEN, int(utcnow().timestamp()) + 3600)
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> StaticCredential:
-        return self
-
-    async def __aexit__(self, *args: object) -> None:
-        return None
-
-
-@pytest.fixture(scope="module")
-def vault(pki: CertPaths) -> Iterator[KeyVaultServer]:
-    server = KeyVaultServer(str(pki.cert("gateway")), str(pki.key("gateway")), free_port())
-    server.start()
-    yield server
-    server.stop()
+from tests.conftest import StaticCredential
+from tests.keyvault_server import KeyVaultServer
 
 
 @pytest.fixture

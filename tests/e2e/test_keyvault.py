@@ -1,0 +1,132 @@
+"""The gateway and `scoregate keys` on Key Vault, end to end through the real Azure SDK.
+
+The gateway process gets its token the way an Azure host gives one: DefaultAzureCredential
+reads IDENTITY_ENDPOINT/IDENTITY_HEADER (App Service managed identity) and asks the test
+server, then the SDK answers the vault's bearer challenge with it. Only Azure is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway import keyadmin
+from gateway.keyvault import KeyVaultSecretStore
+from gateway.tls import client_context
+from tests.conftest import (
+    Stack,
+    StaticCredential,
+    free_port,
+    gateway_env,
+    scoregate,
+    start,
+    stop,
+    wait_ready,
+    write_access,
+    write_routes,
+)
+from tests.keyvault_server import IDENTITY_HEADER, KeyVaultServer
+
+pytestmark = pytest.mark.e2e
+ROWS = [[5.1, 3.5, 1.4, 0.2]]
+
+
+def vault_env(vault: KeyVaultServer, ca: Path) -> dict[str, str]:
+    return {
+        "SCOREGATE_SECRET_STORE": "keyvault",
+        "SCOREGATE_KEYVAULT_URL": vault.url,
+        # The test vault lives on localhost: its challenge cannot name vault.azure.net.
+        "SCOREGATE_KEYVAULT_VERIFY_CHALLENGE_RESOURCE": "false",
+        "IDENTITY_ENDPOINT": f"{vault.url}/msi/token",
+        "IDENTITY_HEADER": IDENTITY_HEADER,
+        "SSL_CERT_FILE": str(ca),  # outbound TLS trusts the test CA only
+    }
+
+
+def kv(vault: KeyVaultServer, ca: Path) -> KeyVaultSecretStore:
+    return KeyVaultSecretStore(
+        vault.url,
+        StaticCredential(),  # type: ignore[arg-type]
+        verify_challenge_resource=False,
+        connection_verify=str(ca),
+    )
+
+
+@pytest.fixture
+def kv_gateway(
+    stack: Stack, vault: KeyVaultServer, tmp_path: Path
+) -> Iterator[tuple[str, dict[str, str]]]:
+    state = tmp_path / "gw"
+    shutil.copytree(stack.state / "certs", state / "certs")
+    port = free_port()
+    extra = vault_env(vault, stack.ca)
+    env = gateway_env(
+        state,
+        write_routes(state / "routes.toml", stack.scorer_url),
+        write_access(state / "access.toml"),
+        port,
+        **extra,
+    )
+    procs = {
+        "gateway": start("gateway", [sys.executable, "-m", "gateway", "serve"], env, state / "logs")
+    }
+    base = f"https://localhost:{port}"
+    try:
+        wait_ready(f"{base}/v2/health/ready", client_context(stack.ca), procs, state / "logs")
+        yield base, {**os.environ, **extra}
+    finally:
+        stop(procs)
+
+
+def predict(base: str, ca: Path, key: str) -> int:
+    with httpx.Client(base_url=base, verify=client_context(ca), timeout=10) as client:
+        return client.post(
+            "/v1/models/iris:predict", json={"instances": ROWS}, headers={"api-key": key}
+        ).status_code
+
+
+def until(base: str, ca: Path, key: str, status: int, timeout_s: float = 8.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    got = predict(base, ca, key)
+    while got != status and time.monotonic() < deadline:
+        time.sleep(0.1)
+        got = predict(base, ca, key)
+    return got
+
+
+def test_rotation_and_revocation_on_key_vault_through_the_gateway(
+    stack: Stack, vault: KeyVaultServer, kv_gateway: tuple[str, dict[str, str]]
+) -> None:
+    base, env = kv_gateway
+    store = kv(vault, stack.ca)
+
+    async def create() -> keyadmin.IssuedKey:
+        try:
+            return await keyadmin.create(store, owner="kv-client", scopes=["models:iris"])
+        finally:
+            await store.close()
+
+    first = asyncio.run(create())
+    assert until(base, stack.ca, first.key, 200) == 200  # picked up by the background refresh
+    assert vault.state.tokens_issued >= 1  # the gateway's DefaultAzureCredential got its token
+
+    kv_cli = {k: v for k, v in env.items() if k.startswith(("SCOREGATE_", "IDENTITY_", "SSL_"))}
+    rotated = scoregate("keys", "rotate", first.generation.key_id, "--overlap", "3s", **kv_cli)
+    assert rotated.returncode == 0, rotated.stderr
+    second = rotated.stdout.strip()
+    assert until(base, stack.ca, second, 200) == 200
+    assert [predict(base, stack.ca, k) for k in (first.key, second) * 3] == [200] * 6  # overlap
+    assert until(base, stack.ca, first.key, 401) == 401  # after the overlap
+    assert predict(base, stack.ca, second) == 200
+    listed = scoregate("keys", "list", "--json", **kv_cli)
+    assert listed.returncode == 0 and '"state": "active"' in listed.stdout
+    assert scoregate("keys", "revoke", first.generation.key_id, **kv_cli).returncode == 0
+    assert until(base, stack.ca, second, 401) == 401  # within the refresh interval
