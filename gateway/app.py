@@ -38,6 +38,7 @@ from gateway.errors import (
     Unauthenticated,
 )
 from gateway.forward import Forwarder
+from gateway.jwks import JWKSKeys
 from gateway.jwtauth import JWTValidator
 from gateway.keyring import KeyRing
 from gateway.policy import AccessPolicy, Route, RouteTable
@@ -65,6 +66,7 @@ class Gateway:
     forwarder: Forwarder
     limiter: Limiter
     audit: AuditTrail
+    jwks: list[JWKSKeys] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _ready: tuple[float, bool, dict[str, bool]] = (0.0, False, {})
 
@@ -85,7 +87,15 @@ class Gateway:
             log.error("audit signing key unavailable, checkpoints off: %s", exc)
         if self.audit.signer is None:
             log.error("no audit signing key: the trail is hash-chained but not signed")
+        jwks_tasks = []
+        for issuer in self.jwt.issuers():
+            if issuer.jwks_url:
+                fetcher = JWKSKeys(issuer, issuer.jwks_url, self.jwt.set_issuer_keys)
+                self.jwt.on_unknown_kid(issuer.issuer, fetcher.unknown_kid)
+                self.jwks.append(fetcher)
+                jwks_tasks.append(asyncio.create_task(fetcher.run(), name=f"jwks-{issuer.name}"))
         self._tasks = [
+            *jwks_tasks,
             asyncio.create_task(self.keys.run(), name="key-refresh"),
             asyncio.create_task(self.audit.run(), name="audit-writer"),
         ]
@@ -124,6 +134,9 @@ class Gateway:
             "keys_fresh": keys_fresh,
             "keys_staleness_s": None if staleness is None else round(staleness, 1),
             "keys_last_error": self.keys.last_error,
+            "jwks": {
+                f.issuer.name: {"keys": len(f.keys), "last_error": f.last_error} for f in self.jwks
+            },
             "background_tasks_alive": tasks_alive,
             "audit_accepting": self.audit.accepting,
             "audit_signing": self.audit.signer is not None,

@@ -28,6 +28,7 @@ import json
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,7 @@ class IssuerConfig:
     audience: str
     algorithms: frozenset[str]
     leeway_s: float = 30.0
+    jwks_url: str | None = None
 
 
 def load_public_key(pem: str) -> Any:
@@ -88,7 +90,20 @@ class JWTValidator:
     def __init__(self, issuers: list[IssuerConfig]) -> None:
         self._issuers = {cfg.issuer: cfg for cfg in issuers}
         self._keys: dict[str, VerificationKey] = {}
+        self._jwks: dict[str, dict[str, VerificationKey]] = {}
+        self._unknown_kid: dict[str, Callable[[], None]] = {}
         self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    def set_issuer_keys(self, issuer: str, keys: dict[str, VerificationKey]) -> None:
+        """Swap one issuer's JWKS keys (from its background fetcher); drop cached verdicts."""
+        self._jwks[issuer] = dict(keys)
+        self._cache.clear()
+
+    def on_unknown_kid(self, issuer: str, notify: Callable[[], None]) -> None:
+        self._unknown_kid[issuer] = notify
+
+    def issuers(self) -> list[IssuerConfig]:
+        return list(self._issuers.values())
 
     def set_keys(self, keys: dict[str, VerificationKey]) -> None:
         """Swap the whole key set (from the background refresh); drop cached verdicts."""
@@ -132,8 +147,11 @@ class JWTValidator:
         kid = header.get("kid")
         if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
             raise Unauthenticated(reason="jwt_kid_invalid")
-        key = self._keys.get(kid)
+        key = self._keys.get(kid) or self._jwks.get(issuer.issuer, {}).get(kid)
         if key is None or key.issuer != issuer.issuer:
+            notify = self._unknown_kid.get(issuer.issuer)
+            if notify is not None:
+                notify()  # maybe the issuer rotated: a rate-limited refetch, in the background
             raise Unauthenticated(reason="jwt_kid_unknown")
         alg = header.get("alg")
         # One key, one algorithm (RFC 8725 §3.1): the token's alg must be the key's.

@@ -20,6 +20,7 @@ from gateway.secretstore import SecretStore, SecretVersion
 from gateway.tokens import load_verification_keys
 
 log = logging.getLogger("gateway.keys")
+_MAX_BACKOFF_S = 60.0
 SECRET_PREFIX = "apikey-"  # noqa: S105 - a name prefix, not a secret
 
 
@@ -107,11 +108,18 @@ class KeyRing:
         return time.monotonic() - self.last_refresh_monotonic
 
     async def run(self) -> None:
-        """Refresh forever; on failure keep the last good set and say so in readiness."""
+        """Refresh forever; on failure keep the last good set and say so in readiness.
+
+        After a failure (the vault down, or throttling with 429) the next try waits twice
+        as long, up to a minute, so a struggling vault is not hammered.
+        """
+        failures = 0
         while True:
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(min(self._interval * 2**failures, _MAX_BACKOFF_S))
             try:
                 await self.refresh()
+                failures = 0
             except Exception as exc:  # a store fault or a malformed entry: never stop refreshing
+                failures = min(failures + 1, 10)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("key refresh failed, keeping the last good set: %s", self.last_error)

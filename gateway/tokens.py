@@ -34,6 +34,7 @@ class _Issuer(BaseModel):
     audience: str = Field(min_length=1)
     algorithms: tuple[str, ...] = Field(min_length=1)
     leeway_s: float = Field(default=30.0, ge=0, le=300)
+    jwks_url: str | None = Field(default=None, pattern=r"^https://")
 
 
 class _IssuersFile(BaseModel):

@@ -46,6 +46,11 @@ class VaultState:
     requests: int = 0
     unauthenticated: int = 0
     tokens_issued: int = 0
+    # An identity provider's JWKS endpoint, served by the same HTTPS server.
+    jwks: Any = None
+    jwks_status: int = 200
+    jwks_delay_s: float = 0.0
+    jwks_hits: int = 0
 
 
 def _attributes(v: _Version) -> dict[str, Any]:
@@ -89,7 +94,7 @@ def build_app(state: VaultState) -> web.Application:
                 status=state.fail_with,
                 headers=headers,
             )
-        if request.path == "/msi/token":
+        if request.path in {"/msi/token", "/jwks"}:
             return await handler(request)
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             state.unauthenticated += 1
@@ -180,7 +185,18 @@ def build_app(state: VaultState) -> web.Application:
             }
         )
 
+    async def jwks(request: web.Request) -> web.Response:
+        state.jwks_hits += 1
+        if state.jwks_delay_s:
+            await asyncio.sleep(state.jwks_delay_s)
+        if state.jwks_status != 200:
+            return web.Response(status=state.jwks_status, text="down")
+        if isinstance(state.jwks, bytes):
+            return web.Response(body=state.jwks, content_type="application/json")
+        return web.json_response(state.jwks)
+
     app = web.Application(middlewares=[auth])
+    app.router.add_get("/jwks", jwks)
     app.router.add_get("/msi/token", msi_token)
     app.router.add_get("/secrets", list_secrets)
     app.router.add_put("/secrets/{name}", set_secret)
