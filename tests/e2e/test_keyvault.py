@@ -130,3 +130,56 @@ def test_rotation_and_revocation_on_key_vault_through_the_gateway(
     assert listed.returncode == 0 and '"state": "active"' in listed.stdout
     assert scoregate("keys", "revoke", first.generation.key_id, **kv_cli).returncode == 0
     assert until(base, stack.ca, second, 401) == 401  # within the refresh interval
+
+
+def test_key_vault_unreachable_at_start_means_not_ready_and_no_traffic(
+    stack: Stack, vault: KeyVaultServer, tmp_path: Path
+) -> None:
+    state = tmp_path / "gw"
+    shutil.copytree(stack.state / "certs", state / "certs")
+    port = free_port()
+    env = gateway_env(
+        state,
+        write_routes(state / "routes.toml", stack.scorer_url),
+        write_access(state / "access.toml"),
+        port,
+        **vault_env(vault, stack.ca),
+    )
+    vault.state.fail_with = 503  # the vault is down when the gateway starts
+    procs = {
+        "gateway": start("gateway", [sys.executable, "-m", "gateway", "serve"], env, state / "logs")
+    }
+    base = f"https://localhost:{port}"
+    try:
+        with httpx.Client(base_url=base, verify=client_context(stack.ca), timeout=5) as client:
+            deadline = time.monotonic() + 30
+            ready = None
+            while time.monotonic() < deadline:
+                try:
+                    ready = client.get("/v2/health/ready")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            assert ready is not None and ready.status_code == 503
+            assert ready.json()["keys_loaded"] is False
+            assert ready.json()["keys_last_error"]
+            r = client.post(
+                "/v1/models/iris:predict",
+                json={"instances": ROWS},
+                headers={"api-key": stack.keys.iris},
+            )
+            assert r.status_code == 401  # no key set: nothing is accepted
+            vault.state.fail_with = None  # the vault comes back: the replica becomes ready
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and client.get("/v2/health/ready").status_code != 200:
+                time.sleep(0.2)
+            assert client.get("/v2/health/ready").status_code == 200
+    finally:
+        vault.state.fail_with = None
+        stop(procs)
+
+
+def test_token_mint_refuses_to_run_against_key_vault(vault: KeyVaultServer, stack: Stack) -> None:
+    out = scoregate("token", "mint", "--sub", "x", **vault_env(vault, stack.ca))
+    assert out.returncode == 2
+    assert "embedded local store only" in out.stderr
