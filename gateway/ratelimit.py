@@ -309,11 +309,19 @@ class Limiter:
 
     async def check_principal(self, principal: Principal, model: str, cost: int) -> None:
         """After authorization: per principal, then per principal and model; cost = instances."""
-        subject = principal.subject
+        subject = rate_key(principal)
         rule = self._overrides.get((subject, None), self._principal)
         await self._hit(rule, ("principal", subject), cost)
         rule = self._overrides.get((subject, model), self._principal_model)
         await self._hit(rule, ("principal-model", subject, model), cost)
+
+
+def rate_key(principal: Principal) -> str:
+    """Whose count a request adds to: an API key's owner, or a token's issuer and subject
+    (two issuers, or an issuer and a key owner, may use the same name for different callers)."""
+    if principal.credential == "jwt" and principal.issuer:
+        return f"{principal.issuer}#{principal.subject}"
+    return principal.subject
 
 
 def _storage(uri: str) -> Storage:

@@ -281,3 +281,17 @@ async def test_a_hanging_redis_times_out_into_the_fallback(make: Callable[..., L
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_jwt_principals_are_counted_per_issuer_and_subject(
+    make: Callable[..., Limiter],
+) -> None:
+    limiter = make(policy(per_principal="2/minute"), "memory://", "closed")
+    name = f"p-{secrets.token_hex(6)}"
+    key_owner = Principal(subject=name, credential="api_key", scopes=frozenset())
+    token_a = Principal(subject=name, credential="jwt", scopes=frozenset(), issuer="https://a")
+    token_b = Principal(subject=name, credential="jwt", scopes=frozenset(), issuer="https://b")
+    for who in (key_owner, token_a, token_b):  # same name, three different callers
+        await limiter.check_principal(who, "iris", 2)
+    with pytest.raises(RateLimited):
+        await limiter.check_principal(token_a, "iris", 1)
