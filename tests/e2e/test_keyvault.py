@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -60,28 +61,34 @@ def kv(vault: KeyVaultServer, ca: Path) -> KeyVaultSecretStore:
     )
 
 
-@pytest.fixture
-def kv_gateway(
+def start_kv_gateway(
     stack: Stack, vault: KeyVaultServer, tmp_path: Path
-) -> Iterator[tuple[str, dict[str, str]]]:
+) -> tuple[str, dict[str, subprocess.Popen[bytes]], Path]:
+    """A gateway process whose secret store is the test vault; returns once it listens."""
     state = tmp_path / "gw"
     shutil.copytree(stack.state / "certs", state / "certs")
     port = free_port()
-    extra = vault_env(vault, stack.ca)
     env = gateway_env(
         state,
         write_routes(state / "routes.toml", stack.scorer_url),
         write_access(state / "access.toml"),
         port,
-        **extra,
+        **vault_env(vault, stack.ca),
     )
     procs = {
         "gateway": start("gateway", [sys.executable, "-m", "gateway", "serve"], env, state / "logs")
     }
-    base = f"https://localhost:{port}"
+    return f"https://localhost:{port}", procs, state
+
+
+@pytest.fixture
+def kv_gateway(
+    stack: Stack, vault: KeyVaultServer, tmp_path: Path
+) -> Iterator[tuple[str, dict[str, str]]]:
+    base, procs, state = start_kv_gateway(stack, vault, tmp_path)
     try:
         wait_ready(f"{base}/v2/health/ready", client_context(stack.ca), procs, state / "logs")
-        yield base, {**os.environ, **extra}
+        yield base, {**os.environ, **vault_env(vault, stack.ca)}
     finally:
         stop(procs)
 
@@ -135,21 +142,8 @@ def test_rotation_and_revocation_on_key_vault_through_the_gateway(
 def test_key_vault_unreachable_at_start_means_not_ready_and_no_traffic(
     stack: Stack, vault: KeyVaultServer, tmp_path: Path
 ) -> None:
-    state = tmp_path / "gw"
-    shutil.copytree(stack.state / "certs", state / "certs")
-    port = free_port()
-    env = gateway_env(
-        state,
-        write_routes(state / "routes.toml", stack.scorer_url),
-        write_access(state / "access.toml"),
-        port,
-        **vault_env(vault, stack.ca),
-    )
     vault.state.fail_with = 503  # the vault is down when the gateway starts
-    procs = {
-        "gateway": start("gateway", [sys.executable, "-m", "gateway", "serve"], env, state / "logs")
-    }
-    base = f"https://localhost:{port}"
+    base, procs, _ = start_kv_gateway(stack, vault, tmp_path)
     try:
         with httpx.Client(base_url=base, verify=client_context(stack.ca), timeout=5) as client:
             deadline = time.monotonic() + 30
