@@ -249,7 +249,6 @@ class AuditTrail:
         self._checkpoint_every = checkpoint_every
         self._checkpoint_interval_s = checkpoint_interval_s
         self._since_checkpoint = 0
-        self._first_unsigned = self._seq + 1
         self._last_checkpoint = time.monotonic()
         self._sink_ok = True
         self._closing = False
@@ -291,21 +290,15 @@ class AuditTrail:
             return
         self._queue.put_nowait(event)
 
-    def _checkpoint_due(self) -> bool:
-        if self.signer is None or self._since_checkpoint == 0:
-            return False
-        return (
-            self._since_checkpoint >= self._checkpoint_every
-            or time.monotonic() - self._last_checkpoint >= self._checkpoint_interval_s
-        )
-
     def _seal_batch(
         self, events: list[AuditEvent], *, force_checkpoint: bool = False
-    ) -> tuple[list[bytes], int, str, int]:
+    ) -> tuple[list[bytes], int, str, int, bool]:
+        """The batch's sealed lines with any checkpoints due; the chain state after them."""
         seq, prev, since, lines = self._seq, self._prev, self._since_checkpoint, []
+        signed = False
 
         def checkpoint() -> None:
-            nonlocal seq, prev, since
+            nonlocal seq, prev, since, signed
             assert self.signer is not None  # noqa: S101 - callers checked
             fields = self.signer.checkpoint(
                 time=utc_timestamp(),
@@ -319,6 +312,7 @@ class AuditTrail:
             line, prev = seal(fields, seq, prev)
             lines.append(line)
             since = 0
+            signed = True
 
         for event in events:
             seq += 1
@@ -330,7 +324,7 @@ class AuditTrail:
         overdue = time.monotonic() - self._last_checkpoint >= self._checkpoint_interval_s
         if self.signer is not None and since and (force_checkpoint or overdue):
             checkpoint()
-        return lines, seq, prev, since
+        return lines, seq, prev, since, signed
 
     async def _write(self, lines: list[bytes]) -> None:
         while True:
@@ -346,11 +340,13 @@ class AuditTrail:
             return
 
     async def _flush(self, events: list[AuditEvent], *, force_checkpoint: bool = False) -> None:
-        lines, seq, prev, since = self._seal_batch(events, force_checkpoint=force_checkpoint)
+        lines, seq, prev, since, signed = self._seal_batch(
+            events, force_checkpoint=force_checkpoint
+        )
         if not lines:
             return
         await self._write(lines)
-        if any(b'"type":"checkpoint"' in line for line in lines[-1:]):
+        if signed:
             self._last_checkpoint = time.monotonic()
         self._seq, self._prev, self._since_checkpoint = seq, prev, since
         self.written += len(events)

@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
 
@@ -67,14 +67,20 @@ class Route:
     max_instances: int
 
 
-def _read_toml(path: Path) -> dict[str, object]:
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def load_toml_model(
+    path: Path, model: type[ModelT], error: type[Exception] = PolicyError
+) -> ModelT:
+    """A policy file parsed and validated strictly; every failure is ``error`` naming the file."""
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            return model.model_validate(tomllib.load(fh))
     except FileNotFoundError:
-        raise PolicyError(f"{path}: file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{path}: {exc}") from exc
+        raise error(f"{path}: file not found") from None
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise error(f"{path}: {exc}") from exc
 
 
 class RouteTable:
@@ -83,10 +89,7 @@ class RouteTable:
 
     @classmethod
     def load(cls, path: Path) -> RouteTable:
-        try:
-            parsed = _RoutesFile.model_validate(_read_toml(path))
-        except ValidationError as exc:
-            raise PolicyError(f"{path}: {exc}") from exc
+        parsed = load_toml_model(path, _RoutesFile)
         routes: dict[str, Route] = {}
         for model, route in parsed.models.items():
             if not MODEL_NAME.fullmatch(model):
@@ -122,10 +125,7 @@ class AccessPolicy:
 
     @classmethod
     def load(cls, path: Path, routes: RouteTable) -> AccessPolicy:
-        try:
-            parsed = _AccessFile.model_validate(_read_toml(path))
-        except ValidationError as exc:
-            raise PolicyError(f"{path}: {exc}") from exc
+        parsed = load_toml_model(path, _AccessFile)
         known = set(routes.models)
         grants: dict[str, frozenset[str]] = {}
         for scope, models in parsed.scopes.items():

@@ -25,7 +25,6 @@ import contextlib
 import logging
 import math
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,9 +38,10 @@ from limits.aio.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 from limits.storage import storage_from_string
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.errors import GatewayError, Unavailable
+from gateway.policy import load_toml_model
 from gateway.principal import Principal
 
 log = logging.getLogger("gateway.ratelimit")
@@ -110,13 +110,7 @@ class RateLimitPolicy(BaseModel):
 
     @classmethod
     def load(cls, path: Path, known_models: tuple[str, ...]) -> RateLimitPolicy:
-        try:
-            with path.open("rb") as fh:
-                policy = cls.model_validate(tomllib.load(fh))
-        except FileNotFoundError:
-            raise RateLimitPolicyError(f"{path}: file not found") from None
-        except (tomllib.TOMLDecodeError, ValidationError) as exc:
-            raise RateLimitPolicyError(f"{path}: {exc}") from exc
+        policy = load_toml_model(path, cls, RateLimitPolicyError)
         for override in policy.overrides:
             if override.model is not None and override.model not in known_models:
                 raise RateLimitPolicyError(

@@ -7,15 +7,15 @@ embedded local store only: a production token comes from a real identity provide
 from __future__ import annotations
 
 import time
-import tomllib
 from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.jwtauth import ASYMMETRIC, IssuerConfig, VerificationKey, load_public_key
+from gateway.policy import load_toml_model
 from gateway.secretstore import SecretStore, SecretVersion, utcnow
 
 KEY_PREFIX = "jwtkey-"
@@ -44,13 +44,7 @@ class _IssuersFile(BaseModel):
 
 
 def load_issuers(path: Path) -> list[IssuerConfig]:
-    try:
-        with path.open("rb") as fh:
-            parsed = _IssuersFile.model_validate(tomllib.load(fh))
-    except FileNotFoundError:
-        raise IssuerError(f"{path}: file not found") from None
-    except (tomllib.TOMLDecodeError, ValidationError) as exc:
-        raise IssuerError(f"{path}: {exc}") from exc
+    parsed = load_toml_model(path, _IssuersFile, IssuerError)
     configs = []
     for name, cfg in parsed.issuers.items():
         weak = sorted(set(cfg.algorithms) - ASYMMETRIC)

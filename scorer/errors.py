@@ -4,7 +4,6 @@
      ├── InvalidInput        422  the body is not a valid inference request for this model
      ├── PayloadTooLarge     413  body or batch over the configured limit
      ├── ModelNotFound       404  no model of that name in the repository
-     ├── ModelNotReady       503  known, but not loaded (yet)
      └── InternalError       500  anything else; the message never carries exception text
 
 Load-time problems are `ArtifactError` (digest mismatch, untrusted types, bad settings):
@@ -36,11 +35,6 @@ class PayloadTooLarge(ScorerError):
 class ModelNotFound(ScorerError):
     status = 404
     code = "model_not_found"
-
-
-class ModelNotReady(ScorerError):
-    status = 503
-    code = "model_not_ready"
 
 
 class InternalError(ScorerError):

@@ -405,7 +405,7 @@ def spawn_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """Start more gateway processes beside the shared stack (same scorer, CA and key store)."""
     started: dict[str, subprocess.Popen[bytes]] = {}
 
-    def spawn(ratelimits: Path | None = None, **extra: str) -> Gateway:
+    def spawn(ratelimits: Path | None = None, *, wait: bool = True, **extra: str) -> Gateway:
         state = tmp_path_factory.mktemp("gw")
         shutil.copytree(stack.state / "certs", state / "certs")
         port = free_port()
@@ -422,9 +422,10 @@ def spawn_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
         proc = start(name, [sys.executable, "-m", "gateway", "serve"], env, state / "logs")
         started[name] = proc
         base = f"https://localhost:{port}"
-        wait_ready(
-            f"{base}/v2/health/ready", client_context(stack.ca), {name: proc}, state / "logs"
-        )
+        if wait:
+            wait_ready(
+                f"{base}/v2/health/ready", client_context(stack.ca), {name: proc}, state / "logs"
+            )
         return Gateway(base, state, proc, stack.ca)
 
     yield spawn

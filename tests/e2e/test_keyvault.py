@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,14 +22,7 @@ from gateway.tls import client_context
 from tests.conftest import (
     Stack,
     StaticCredential,
-    free_port,
-    gateway_env,
     scoregate,
-    start,
-    stop,
-    wait_ready,
-    write_access,
-    write_routes,
 )
 from tests.keyvault_server import IDENTITY_HEADER, KeyVaultServer
 
@@ -61,36 +51,13 @@ def kv(vault: KeyVaultServer, ca: Path) -> KeyVaultSecretStore:
     )
 
 
-def start_kv_gateway(
-    stack: Stack, vault: KeyVaultServer, tmp_path: Path
-) -> tuple[str, dict[str, subprocess.Popen[bytes]], Path]:
-    """A gateway process whose secret store is the test vault; returns once it listens."""
-    state = tmp_path / "gw"
-    shutil.copytree(stack.state / "certs", state / "certs")
-    port = free_port()
-    env = gateway_env(
-        state,
-        write_routes(state / "routes.toml", stack.scorer_url),
-        write_access(state / "access.toml"),
-        port,
-        **vault_env(vault, stack.ca),
-    )
-    procs = {
-        "gateway": start("gateway", [sys.executable, "-m", "gateway", "serve"], env, state / "logs")
-    }
-    return f"https://localhost:{port}", procs, state
-
-
 @pytest.fixture
 def kv_gateway(
-    stack: Stack, vault: KeyVaultServer, tmp_path: Path
-) -> Iterator[tuple[str, dict[str, str]]]:
-    base, procs, state = start_kv_gateway(stack, vault, tmp_path)
-    try:
-        wait_ready(f"{base}/v2/health/ready", client_context(stack.ca), procs, state / "logs")
-        yield base, {**os.environ, **vault_env(vault, stack.ca)}
-    finally:
-        stop(procs)
+    vault: KeyVaultServer, stack: Stack, spawn_gateway: Any
+) -> tuple[str, dict[str, str]]:
+    """A gateway process whose secret store is the test vault, once it is ready."""
+    gateway = spawn_gateway(**vault_env(vault, stack.ca))
+    return gateway.base_url, {**os.environ, **vault_env(vault, stack.ca)}
 
 
 def predict(base: str, ca: Path, key: str) -> int:
@@ -140,10 +107,10 @@ def test_rotation_and_revocation_on_key_vault_through_the_gateway(
 
 
 def test_key_vault_unreachable_at_start_means_not_ready_and_no_traffic(
-    stack: Stack, vault: KeyVaultServer, tmp_path: Path
+    stack: Stack, vault: KeyVaultServer, spawn_gateway: Any
 ) -> None:
     vault.state.fail_with = 503  # the vault is down when the gateway starts
-    base, procs, _ = start_kv_gateway(stack, vault, tmp_path)
+    base = spawn_gateway(wait=False, **vault_env(vault, stack.ca)).base_url
     try:
         with httpx.Client(base_url=base, verify=client_context(stack.ca), timeout=5) as client:
             deadline = time.monotonic() + 30
@@ -170,7 +137,6 @@ def test_key_vault_unreachable_at_start_means_not_ready_and_no_traffic(
             assert client.get("/v2/health/ready").status_code == 200
     finally:
         vault.state.fail_with = None
-        stop(procs)
 
 
 def test_token_mint_refuses_to_run_against_key_vault(vault: KeyVaultServer, stack: Stack) -> None:
