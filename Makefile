@@ -2,6 +2,9 @@
 # Both work on a fresh machine with only Python >= 3.11 and make.
 
 PYTHON ?= python3
+# Installed before the extras so that `torch>=2.13` is already met: a bare range would
+# pull a multi-GB CUDA build where a CPU one does.
+TORCH  ?= torch==2.13.0
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -12,7 +15,8 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scoregate needs Python >= 3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet '$(TORCH)'
+	$(BIN)/python -m pip install --quiet -e '.[dev,torch]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -83,7 +83,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
     settings = _settings(args, port=args.port)
-    return run_demo(settings, once=args.once, scorer_port=args.scorer_port, out=_out)
+    return run_demo(
+        settings,
+        once=args.once,
+        scorer_port=args.scorer_port,
+        gpu_scorer_port=args.gpu_scorer_port,
+        out=_out,
+    )
 
 
 # -- certs ---------------------------------------------------------------------------
@@ -342,7 +348,8 @@ def parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="exit after the requests (0 when all succeed)"
     )
     demo.add_argument("--port", type=int, default=8443, help="gateway HTTPS port")
-    demo.add_argument("--scorer-port", type=int, default=9001)
+    demo.add_argument("--scorer-port", type=int, default=9001, help="scikit-learn scorer")
+    demo.add_argument("--gpu-scorer-port", type=int, default=9002, help="PyTorch scorer")
     demo.set_defaults(func=cmd_demo)
 
     certs = sub.add_parser("certs", help="dev CA and certificates")

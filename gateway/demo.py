@@ -1,8 +1,9 @@
 """`scoregate demo`: the whole stack on this machine, with embedded defaults.
 
-Makes the dev CA and gateway certificate, trains the demo model, issues a demo API key,
-starts a scorer and a gateway as real processes, and sends real scored requests over
-HTTPS that trust only the dev CA.
+Makes the dev CA and gateway certificate, trains the demo models (a scikit-learn
+pipeline and a small PyTorch CNN), issues a demo API key, starts the CPU scorer, the GPU
+scorer (on the CPU here) and a gateway as real processes, and sends real scored requests
+over HTTPS that trust only the dev CA, a digit image among them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from gateway.secretstore import LocalSecretStore
 from gateway.settings import GatewaySettings
 
 DEMO_OWNER = "demo"
+DEMO_SCOPES = ["models:iris", "models:digits"]
 SAMPLES = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]
 
 
@@ -104,7 +106,7 @@ def _terminate_as_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _write_routes(path: Path, scorer_port: int) -> None:
+def _write_routes(path: Path, scorer_port: int, gpu_scorer_port: int) -> None:
     path.write_text(
         f"""# Written by `scoregate demo`.
 [upstreams.cpu-scorer]
@@ -112,8 +114,17 @@ url = "http://127.0.0.1:{scorer_port}"
 kind = "cpu"
 timeout_s = 5.0
 
+[upstreams.gpu-scorer]
+url = "http://127.0.0.1:{gpu_scorer_port}"
+kind = "gpu"
+timeout_s = 15.0
+
 [models.iris]
 upstream = "cpu-scorer"
+max_instances = 64
+
+[models.digits]
+upstream = "gpu-scorer"
 max_instances = 64
 """
     )
@@ -125,7 +136,7 @@ async def _fresh_demo_key(store_path: Path) -> str:
     for generation in await keyadmin.list_keys(store):
         if generation.owner == DEMO_OWNER and generation.enabled:
             await keyadmin.revoke(store, generation.key_id)
-    issued = await keyadmin.create(store, owner=DEMO_OWNER, scopes=["models:iris"])
+    issued = await keyadmin.create(store, owner=DEMO_OWNER, scopes=DEMO_SCOPES)
     return issued.key
 
 
@@ -136,16 +147,36 @@ async def _demo_token(store_path: Path, settings: GatewaySettings) -> str:
         LocalSecretStore(store_path),
         issuers[tokens.DEV_ISSUER],
         subject="demo-jwt",
-        scopes=["models:iris"],
+        scopes=DEMO_SCOPES,
         ttl_s=3600,
     )
 
 
+def _scorer_command(models: Path, port: int, runtime: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "scorer",
+        "serve",
+        "--repository",
+        str(models),
+        "--port",
+        str(port),
+        "--runtime",
+        runtime,
+    ]
+
+
 def run_demo(
-    settings: GatewaySettings, *, once: bool, scorer_port: int, out: Callable[[str], None]
+    settings: GatewaySettings,
+    *,
+    once: bool,
+    scorer_port: int,
+    gpu_scorer_port: int,
+    out: Callable[[str], None],
 ) -> int:
     try:
-        for port in (settings.port, scorer_port):
+        for port in (settings.port, scorer_port, gpu_scorer_port):
             _check_port_free(port)
     except DemoError as exc:
         out(f"demo failed: {exc}")
@@ -163,7 +194,7 @@ def run_demo(
     api_key = asyncio.run(_fresh_demo_key(state / "secrets.json"))
     token = asyncio.run(_demo_token(state / "secrets.json", settings))
     routes = state / "demo-routes.toml"
-    _write_routes(routes, scorer_port)
+    _write_routes(routes, scorer_port, gpu_scorer_port)
 
     env = {
         **os.environ,
@@ -174,27 +205,14 @@ def run_demo(
     env.setdefault("PYTHONUNBUFFERED", "1")
     logs = state / "logs"
     processes = [
-        _start(
-            "scorer",
-            [
-                sys.executable,
-                "-m",
-                "scorer",
-                "serve",
-                "--repository",
-                str(models),
-                "--port",
-                str(scorer_port),
-            ],
-            env,
-            logs,
-        ),
+        _start("scorer", _scorer_command(models, scorer_port, "sklearn"), env, logs),
+        _start("gpu-scorer", _scorer_command(models, gpu_scorer_port, "torch"), env, logs),
         _start("gateway", [sys.executable, "-m", "gateway", "serve"], env, logs),
     ]
     base = f"https://localhost:{settings.port}"
     try:
         _wait_ready(f"{base}/v2/health/ready", ca, processes)
-        ok, request_ids = _show_requests(base, ca, api_key, token, out)
+        ok, request_ids = _show_requests(base, ca, api_key, token, models, out)
         ok &= _show_audit(state / "audit", request_ids, out)
         curl = (
             f"curl --cacert {shlex.quote(str(ca))} -H 'api-key: {api_key}' "
@@ -223,7 +241,7 @@ def run_demo(
 
 
 def _show_requests(
-    base: str, ca: Path, api_key: str, token: str, out: Callable[[str], None]
+    base: str, ca: Path, api_key: str, token: str, models: Path, out: Callable[[str], None]
 ) -> tuple[bool, list[str]]:
     checks: list[tuple[str, Reply, int]] = []
     v1 = call(
@@ -247,6 +265,27 @@ def _show_requests(
         },
     )
     checks.append(("v2 infer", v2, 200))
+    # Sample images the trainer left beside the model (the gateway imports no ML library).
+    samples = json.loads((models / "digits" / "samples.json").read_text())[:4]
+    digits = [(sample["label"], sample["png"]) for sample in samples]
+    image = call(
+        f"{base}/v2/models/digits/infer",
+        ca=ca,
+        method="POST",
+        api_key=api_key,
+        payload={
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [len(digits)],
+                    "datatype": "BYTES",
+                    "data": [png for _, png in digits],
+                }
+            ],
+            "outputs": [{"name": "predict"}],
+        },
+    )
+    checks.append(("digit PNG", image, 200))
     with_jwt = call(
         f"{base}/v1/models/iris:predict",
         ca=ca,
@@ -271,7 +310,11 @@ def _show_requests(
         out(f"       {json.dumps(reply.body)[:300]}")
     if v1.status == 200:
         for sample, label in zip(SAMPLES, v1.body["predictions"], strict=False):
-            out(f"       {sample} → {label}")
+            out(f"       iris {sample} → {label}")
+    if image.status == 200:
+        predicted = image.body["outputs"][0]["data"]
+        for (truth, _), label in zip(digits, predicted, strict=False):
+            out(f"       32x32 PNG of a handwritten {truth} → digits model says {label}")
     return ok, [str(reply.headers.get("x-request-id")) for _, reply, _ in checks]
 
 

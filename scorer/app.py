@@ -1,22 +1,28 @@
 """The scorer's REST layer: Open Inference Protocol v2 plus the v1 ``instances`` form.
 
 Reachable only from the gateway (a ClusterIP on AKS, loopback here). Bodies are parsed
-with orjson, validated by `dataplane`, and predictions run in a worker thread so the
-event loop keeps accepting requests.
+with orjson, validated by `dataplane`, and predictions run off the event loop: in a
+worker thread per request, or through a model's dynamic batcher (`scorer.batching`).
+``/metrics`` serves the batchers' Prometheus series (internal, as the whole scorer is).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from scorer import dataplane
+from scorer.batching import BatchMetrics, DynamicBatcher, Scheduler, Unbatched
 from scorer.errors import InternalError, InvalidInput, ModelNotFound, PayloadTooLarge, ScorerError
+from scorer.repository import ModelSettings
 from scorer.runtime import Runtime
 
 log = logging.getLogger("scorer")
@@ -31,10 +37,46 @@ def _error(exc: ScorerError) -> Response:
     return _json({"error": {"code": exc.code, "message": exc.message}}, exc.status)
 
 
-def create_app(models: dict[str, Runtime], *, max_body_bytes: int) -> Quart:
+def scheduler_for(runtime: Runtime, metrics: BatchMetrics) -> Scheduler:
+    spec = runtime.settings.batching
+    if spec is None:
+        return Unbatched(runtime.predict)
+    return DynamicBatcher(runtime.settings.name, runtime.predict, spec, metrics)
+
+
+Decode = Callable[[Any, ModelSettings], np.ndarray[Any, Any]]
+
+
+async def _decoded(decode: Decode, body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
+    if settings.image is None:
+        return decode(body, settings)
+    # Decoding PNG/JPEG is CPU work: off the event loop, like the model itself.
+    return await asyncio.to_thread(decode, body, settings)
+
+
+def create_app(
+    models: dict[str, Runtime],
+    *,
+    max_body_bytes: int,
+    registry: CollectorRegistry | None = None,
+) -> Quart:
     app = Quart("scorer")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = BatchMetrics(registry)
+    schedulers = {name: scheduler_for(runtime, metrics) for name, runtime in models.items()}
+
+    @app.before_serving
+    async def _start() -> None:
+        for scheduler in schedulers.values():
+            await scheduler.start()
+
+    @app.after_serving
+    async def _stop() -> None:
+        # Hypercorn has stopped accepting and drained its requests: finish queued batches.
+        for scheduler in schedulers.values():
+            await scheduler.stop()
 
     def model(name: str) -> Runtime:
         runtime = models.get(name)
@@ -78,6 +120,10 @@ def create_app(models: dict[str, Runtime], *, max_body_bytes: int) -> Quart:
     async def ready() -> Response:
         return _json({"ready": True})
 
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
     @app.get("/v2")
     async def server_metadata() -> Response:
         return _json({"name": "scoregate-scorer", "version": "0.1.0", "extensions": []})
@@ -96,10 +142,9 @@ def create_app(models: dict[str, Runtime], *, max_body_bytes: int) -> Quart:
     async def infer(name: str) -> Response:
         runtime = model(name)
         body = await body_json()
-        batch = dataplane.decode_v2(body, runtime.settings)
         names = dataplane.requested_outputs(body, runtime.outputs)
-        # Blocking model code runs in a thread: the loop stays free for other requests.
-        outputs = await asyncio.to_thread(runtime.predict, batch, names)
+        batch = await _decoded(dataplane.decode_v2, body, runtime.settings)
+        outputs = await schedulers[name].run(batch, names)
         dataplane.check_outputs(outputs)
         request_id = body.get("id") if isinstance(body.get("id"), str) else None
         return _json(dataplane.encode_v2(outputs, runtime.settings, request_id))
@@ -107,8 +152,8 @@ def create_app(models: dict[str, Runtime], *, max_body_bytes: int) -> Quart:
     @app.post("/v1/models/<name>:predict")
     async def predict_v1(name: str) -> Response:
         runtime = model(name)
-        batch = dataplane.decode_v1(await body_json(), runtime.settings)
-        outputs = await asyncio.to_thread(runtime.predict, batch, runtime.outputs[:1])
+        batch = await _decoded(dataplane.decode_v1, await body_json(), runtime.settings)
+        outputs = await schedulers[name].run(batch, runtime.outputs[:1])
         dataplane.check_outputs(outputs)
         return _json(dataplane.encode_v1(outputs))
 

@@ -116,6 +116,8 @@ def decode_v2(body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
     if not isinstance(data, list):
         raise InvalidInput("'data' must be a list")
     spec = settings.input
+    if datatype == "BYTES" and settings.image is not None:
+        return _images_v2(shape, data, settings)
     if len(shape) != len(spec.shape):
         raise InvalidInput(f"'shape' must have {len(spec.shape)} dimensions, got {len(shape)}")
     if shape[0] > settings.max_batch:
@@ -130,6 +132,28 @@ def decode_v2(body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
     array = array.reshape(shape)
     _batch_checked(array, spec, settings)
     return array
+
+
+def _images(items: list[Any], settings: ModelSettings) -> np.ndarray[Any, Any]:
+    """Base64 PNG/JPEG images → the model's input batch (Pillow only for image models)."""
+    from scorer.images import batch_from_base64
+
+    assert settings.image is not None  # noqa: S101 - callers check; narrows the type
+    if len(items) > settings.max_batch:
+        raise PayloadTooLarge(
+            f"batch of {len(items)} exceeds this model's maximum of {settings.max_batch}"
+        )
+    array = batch_from_base64(items, settings.image)
+    _batch_checked(array, settings.input, settings)
+    return array
+
+
+def _images_v2(shape: list[int], data: list[Any], settings: ModelSettings) -> np.ndarray[Any, Any]:
+    # Open Inference Protocol: a BYTES tensor of shape [n] whose elements are the encoded
+    # images, base64 in JSON (as MLServer's and Triton's image clients send them).
+    if len(shape) != 1 or shape[0] != len(data):
+        raise InvalidInput("a BYTES image tensor needs shape [n] and n base64 strings")
+    return _images(data, settings)
 
 
 def requested_outputs(body: Any, available: tuple[str, ...]) -> tuple[str, ...]:
@@ -154,6 +178,11 @@ def decode_v1(body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
         raise InvalidInput("the body must be an object with an 'instances' list")
     instances = body["instances"]
+    if settings.image is not None and instances and isinstance(instances[0], dict):
+        # TF Serving's convention for binary data: {"b64": "<base64 bytes>"} per instance.
+        if not all(isinstance(i, dict) and i.keys() == {"b64"} for i in instances):
+            raise InvalidInput('image instances must each be {"b64": "<base64 PNG or JPEG>"}')
+        return _images([i["b64"] for i in instances], settings)
     if len(instances) > settings.max_batch:
         raise PayloadTooLarge(
             f"batch of {len(instances)} exceeds this model's maximum of {settings.max_batch}"

@@ -1,7 +1,7 @@
 """Train the demo models from data that ships with scikit-learn (no downloads).
 
 Writes a model folder with the skops artifact, its SHA-256 and the exact types it holds,
-so the scorer's loader can pin both.
+so the scorer's loader can pin both; the torch demo model lives in `scorer.digits`.
 """
 
 from __future__ import annotations
@@ -60,4 +60,11 @@ shape = [-1, 4]
 
 
 def train_all(repository: Path, *, force: bool = False) -> list[Path]:
-    return [train_iris(repository, force=force)]
+    """Every demo model; the digits CNN only where torch is installed (the `torch` extra)."""
+    folders = [train_iris(repository, force=force)]
+    try:
+        from scorer.digits import train_digits
+    except ImportError:
+        return folders
+    folders.append(train_digits(repository, force=force))
+    return folders

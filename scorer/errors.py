@@ -4,6 +4,7 @@
      ├── InvalidInput        422  the body is not a valid inference request for this model
      ├── PayloadTooLarge     413  body or batch over the configured limit
      ├── ModelNotFound       404  no model of that name in the repository
+     ├── Overloaded          503  the model's queue is full, or the scorer is stopping
      └── InternalError       500  anything else; the message never carries exception text
 
 Load-time problems are `ArtifactError` (digest mismatch, untrusted types, bad settings):
@@ -35,6 +36,11 @@ class PayloadTooLarge(ScorerError):
 class ModelNotFound(ScorerError):
     status = 404
     code = "model_not_found"
+
+
+class Overloaded(ScorerError):
+    status = 503
+    code = "overloaded"
 
 
 class InternalError(ScorerError):

@@ -16,7 +16,14 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from scorer.errors import ArtifactError
 
@@ -43,6 +50,58 @@ class TensorSpec(BaseModel):
         return shape
 
 
+class ImageSpec(BaseModel):
+    """How images sent as base64 PNG or JPEG become the model's input tensor.
+
+    Decoding is bounded before any pixel is decompressed: the encoded size, the declared
+    width x height (decompression bombs) and the container format are checked first.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int = Field(ge=1, le=4096)
+    height: int = Field(ge=1, le=4096)
+    mode: Literal["L", "RGB"] = "RGB"
+    # Per channel, applied after scaling pixels to [0, 1]: (x - mean) / std.
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    formats: tuple[Literal["PNG", "JPEG"], ...] = ("PNG", "JPEG")
+    max_bytes: int = Field(default=2 * 1024 * 1024, ge=64)
+    max_pixels: int = Field(default=16_000_000, ge=1)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> ImageSpec:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, self.channels):
+                raise ValueError(f"{name} needs 1 or {self.channels} values for mode {self.mode}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+class BatchingSpec(BaseModel):
+    """Dynamic batching: gather concurrent requests into one forward pass.
+
+    A batch runs when it holds ``max_batch_size`` rows or when its first request has
+    waited ``max_delay_ms``, whichever comes first. At most ``max_queue`` requests wait;
+    beyond that the scorer answers 503 at once rather than queue without bound.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(default=32, ge=1, le=65536)
+    max_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
+    max_queue: int = Field(default=256, ge=1, le=1_000_000)
+
+
+_FORMATS_OF = {"sklearn": ("skops", "joblib"), "torch": ("torchscript", "torch-export")}
+
+
 class ModelSettings(BaseModel):
     """What `model-settings.toml` holds."""
 
@@ -58,7 +117,12 @@ class ModelSettings(BaseModel):
     input: TensorSpec
     # skops: the exact non-default types the artifact may contain, pinned at export time.
     trusted_types: tuple[str, ...] = ()
-    device: str = "auto"
+    # torch: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")
+    half: bool = False  # torch: float16 weights and inputs, on a GPU only
+    labels: tuple[str, ...] = ()  # torch classifiers: class names, by output index
+    image: ImageSpec | None = None
+    batching: BatchingSpec | None = None
     description: str = ""
 
     @field_validator("name")
@@ -76,6 +140,18 @@ class ModelSettings(BaseModel):
         if path.is_absolute() or ".." in path.parts or not path.parts:
             raise ValueError("artifact must be a relative path inside the model folder")
         return artifact
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSettings:
+        if self.format not in _FORMATS_OF[self.runtime]:
+            raise ValueError(
+                f"format {self.format!r} is not a {self.runtime} format {_FORMATS_OF[self.runtime]}"
+            )
+        if self.image is not None:
+            want = (-1, self.image.channels, self.image.height, self.image.width)
+            if self.input.shape != want or not self.input.datatype.startswith("FP"):
+                raise ValueError(f"an image model's input must be FP with shape {list(want)}")
+        return self
 
 
 def read_model_settings(folder: Path) -> ModelSettings:

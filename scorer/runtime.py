@@ -31,4 +31,13 @@ def load_runtime(folder: Path, settings: ModelSettings) -> Runtime:
         return SklearnRuntime.load(folder, settings)
     from scorer.errors import ArtifactError
 
+    if settings.runtime == "torch":
+        try:
+            from scorer.runtimes.pytorch import TorchRuntime
+        except ImportError as exc:
+            raise ArtifactError(
+                f"{settings.name}: the torch runtime needs the 'torch' extra ({exc})"
+            ) from exc
+        return TorchRuntime.load(folder, settings)
+
     raise ArtifactError(f"runtime {settings.runtime!r} is not available in this scorer")

@@ -1,0 +1,265 @@
+"""Dynamic batching: concurrent requests for one model share one forward pass.
+
+    submit(rows) ──► queue (bounded) ──► gather until max_batch_size rows
+                                          or the oldest request waited max_delay
+                 ◄── its own slice  ◄──── one forward pass in the model's thread
+
+A GPU (or a CPU's vector units) does far more work per second on a batch than on one
+row at a time; clients still send one image each, as the reference architecture's did.
+
+- Requests are never split: a batch takes whole requests from the front of the queue
+  while their rows fit (a request larger than ``max_batch_size`` runs alone).
+- Only requests whose rows have the same trailing shape and dtype are stacked together.
+- One forward pass at a time per model, in a dedicated thread, so the event loop keeps
+  accepting requests and the device is not oversubscribed; while it runs, the next batch
+  gathers.
+- Errors stay per request: when a batched forward fails, each of its requests is run
+  alone, so only the one that fails gets the error.
+- The queue is bounded (OWASP API4): when ``max_queue`` requests wait, a new one is
+  refused at once with 503 instead of waiting without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from scorer.errors import InternalError, Overloaded, ScorerError
+from scorer.repository import BatchingSpec
+
+log = logging.getLogger("scorer.batching")
+
+Array = np.ndarray[Any, Any]
+Outputs = dict[str, Array]
+Predict = Callable[[Array, tuple[str, ...]], Outputs]
+
+
+class Scheduler(Protocol):
+    """How a model's predictions are run: one call per request, or batched."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def run(self, rows: Array, outputs: tuple[str, ...]) -> Outputs: ...
+
+
+class BatchMetrics:
+    """Prometheus series for the batchers of one scorer process (its own registry)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        rows = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+        seconds = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+        self.batch_rows = Histogram(
+            "scoregate_scorer_batch_rows",
+            "Rows per forward pass",
+            ["model"],
+            buckets=rows,
+            registry=registry,
+        )
+        self.batch_requests = Histogram(
+            "scoregate_scorer_batch_requests",
+            "Requests per forward pass",
+            ["model"],
+            buckets=rows,
+            registry=registry,
+        )
+        self.queue_seconds = Histogram(
+            "scoregate_scorer_queue_seconds",
+            "Time a request waited before its forward pass started",
+            ["model"],
+            buckets=seconds,
+            registry=registry,
+        )
+        self.forward_seconds = Histogram(
+            "scoregate_scorer_forward_seconds",
+            "Duration of one forward pass",
+            ["model"],
+            buckets=seconds,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "scoregate_scorer_queue_depth", "Requests waiting", ["model"], registry=registry
+        )
+        self.rejected = Counter(
+            "scoregate_scorer_rejected",
+            "Requests refused before running",
+            ["model", "reason"],
+            registry=registry,
+        )
+
+
+class Unbatched:
+    """One prediction per request, in a worker thread (the scikit-learn models)."""
+
+    def __init__(self, predict: Predict) -> None:
+        self._predict = predict
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def run(self, rows: Array, outputs: tuple[str, ...]) -> Outputs:
+        # Blocking model code runs in a thread: the loop stays free for other requests.
+        return await asyncio.to_thread(self._predict, rows, outputs)
+
+
+@dataclass(eq=False)
+class _Pending:
+    rows: Array
+    outputs: tuple[str, ...]
+    future: asyncio.Future[Outputs]
+    enqueued: float = field(default_factory=time.monotonic)
+
+    def stacks_with(self, other: _Pending) -> bool:
+        same_shape: bool = self.rows.shape[1:] == other.rows.shape[1:]
+        return same_shape and self.rows.dtype == other.rows.dtype
+
+
+class DynamicBatcher:
+    """Gathers concurrent requests for one model into batched forward passes."""
+
+    def __init__(
+        self,
+        name: str,
+        predict: Predict,
+        spec: BatchingSpec,
+        metrics: BatchMetrics,
+    ) -> None:
+        self.name = name
+        self._predict = predict
+        self._spec = spec
+        self._max_delay_s = spec.max_delay_ms / 1000
+        self._metrics = metrics
+        self._queue: deque[_Pending] = deque()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        """Refuse new requests, finish the queued ones, then stop the thread."""
+        self._closing = True
+        self._arrived.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def run(self, rows: Array, outputs: tuple[str, ...]) -> Outputs:
+        if self._closing:
+            self._metrics.rejected.labels(self.name, "stopping").inc()
+            raise Overloaded("the scorer is shutting down")
+        if len(self._queue) >= self._spec.max_queue:
+            self._metrics.rejected.labels(self.name, "queue_full").inc()
+            raise Overloaded(f"model {self.name!r} has {self._spec.max_queue} requests waiting")
+        pending = _Pending(rows, outputs, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+        self._arrived.set()
+        return await pending.future
+
+    async def _loop(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._queue:
+                await self._gather()
+                batch = self._take()
+                if batch:
+                    await self._run_batch(batch)
+            if self._closing and not self._queue:
+                return
+
+    def _queued_rows(self) -> int:
+        return sum(p.rows.shape[0] for p in self._queue)
+
+    async def _gather(self) -> None:
+        """Wait until a full batch is queued or the oldest request's delay is spent."""
+        deadline = self._queue[0].enqueued + self._max_delay_s
+        while not self._closing and self._queued_rows() < self._spec.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Pending]:
+        """Whole requests from the front of the queue, while their rows fit and stack."""
+        batch: list[_Pending] = []
+        rows = 0
+        while self._queue:
+            head = self._queue[0]
+            if head.future.done():  # the client went away (cancelled): skip it
+                self._queue.popleft()
+                continue
+            size = head.rows.shape[0]
+            if batch and (
+                rows + size > self._spec.max_batch_size or not head.stacks_with(batch[0])
+            ):
+                break
+            batch.append(self._queue.popleft())
+            rows += size
+        self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+        return batch
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        started = time.monotonic()
+        for pending in batch:
+            self._metrics.queue_seconds.labels(self.name).observe(started - pending.enqueued)
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._executor, self._forward, batch)
+        self._metrics.forward_seconds.labels(self.name).observe(time.monotonic() - started)
+        self._metrics.batch_requests.labels(self.name).observe(len(batch))
+        self._metrics.batch_rows.labels(self.name).observe(sum(p.rows.shape[0] for p in batch))
+        for pending, result in zip(batch, results, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(result, BaseException):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+
+    def _forward(self, batch: list[_Pending]) -> list[Outputs | BaseException]:
+        """Runs in the model's thread: one forward pass, split back per request."""
+        if len(batch) == 1:
+            return [self._one(batch[0])]
+        names = tuple(dict.fromkeys(name for p in batch for name in p.outputs))
+        try:
+            combined = self._predict(np.concatenate([p.rows for p in batch]), names)
+        except Exception:
+            # One bad request must not fail its neighbours: run each alone.
+            log.warning("batched forward of %s failed; retrying its requests one by one", self.name)
+            return [self._one(p) for p in batch]
+        results: list[Outputs | BaseException] = []
+        start = 0
+        for pending in batch:
+            end = start + pending.rows.shape[0]
+            results.append({name: combined[name][start:end] for name in pending.outputs})
+            start = end
+        return results
+
+    def _one(self, pending: _Pending) -> Outputs | BaseException:
+        try:
+            return self._predict(pending.rows, pending.outputs)
+        except ScorerError as exc:
+            return exc
+        except Exception:
+            log.exception("forward pass of %s failed", self.name)
+            return InternalError()
