@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format typecheck unit bench-hotpath clean
+.PHONY: install demo test lint format typecheck unit bench-hotpath bench-batching clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scoregate needs Python >= 3.11")'
@@ -49,6 +49,10 @@ unit: $(STAMP)
 bench-hotpath: $(STAMP)
 	bash .ci/ensure-redis
 	$(BIN)/python bench/hotpath.py
+
+## make bench-batching: B6, the torch scorer's dynamic batching vs. its ceiling and batch size 1.
+bench-batching: $(STAMP)
+	$(BIN)/python bench/batching.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -46,7 +46,12 @@ def to_tensor(data: bytes, spec: ImageSpec) -> np.ndarray[Any, Any]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             # open() reads the header only: nothing is decompressed yet.
             image = Image.open(io.BytesIO(data), formats=list(spec.formats))
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+    except Image.DecompressionBombError:
+        # Pillow's own bound (about 179 million pixels) tripped before ours could.
+        raise PayloadTooLarge(
+            f"image exceeds the pixel limit of {spec.max_pixels} (decompression bomb)"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError):
         raise InvalidInput(f"image is not a readable {'/'.join(spec.formats)} file") from None
     with image:
         width, height = image.size
@@ -54,15 +59,14 @@ def to_tensor(data: bytes, spec: ImageSpec) -> np.ndarray[Any, Any]:
             raise InvalidInput("image has no pixels")
         if width * height > spec.max_pixels:
             raise PayloadTooLarge(
-                f"image of {width}x{height} pixels exceeds the limit of {spec.max_pixels}"
+                f"image of {width}x{height} pixels exceeds the pixel limit of {spec.max_pixels}"
             )
         try:
             image.load()
             converted = image.convert(spec.mode)
             if converted.size != (spec.width, spec.height):
-                converted = converted.resize(
-                    (spec.width, spec.height), Image.Resampling.BILINEAR, reducing_gap=3.0
-                )
+                resample = Image.Resampling[spec.resample.upper()]
+                converted = converted.resize((spec.width, spec.height), resample)
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
             # Truncated or corrupt data shows only when the pixels are decoded.
             raise InvalidInput("image data is corrupt or truncated") from None

@@ -62,6 +62,8 @@ class ImageSpec(BaseModel):
     width: int = Field(ge=1, le=4096)
     height: int = Field(ge=1, le=4096)
     mode: Literal["L", "RGB"] = "RGB"
+    # How an image of another size is resized to width x height (Pillow's filters).
+    resample: Literal["nearest", "box", "bilinear", "bicubic", "lanczos"] = "bilinear"
     # Per channel, applied after scaling pixels to [0, 1]: (x - mean) / std.
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)

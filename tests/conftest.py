@@ -100,6 +100,16 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+@pytest.fixture(scope="session")
+def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo digits CNN, trained for real (seconds) and exported with its digest."""
+    from scorer.digits import train_digits
+
+    repo = tmp_path_factory.mktemp("torch-models")
+    train_digits(repo)
+    return repo
+
+
 def write_routes(
     path: Path, scorer_url: str, models: tuple[str, ...] = ("iris", "iris-copy")
 ) -> Path:

@@ -209,7 +209,15 @@ def test_demo_once_exits_zero_after_real_predictions(
 ) -> None:
     state = tmp_path_factory.mktemp("demo")
     out = scoregate(
-        "demo", "--once", "--port", str(free_port()), "--scorer-port", str(free_port()), state=state
+        "demo",
+        "--once",
+        "--port",
+        str(free_port()),
+        "--scorer-port",
+        str(free_port()),
+        "--gpu-scorer-port",
+        str(free_port()),
+        state=state,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "[ok ] v1 predict HTTP 200" in out.stdout

@@ -34,7 +34,9 @@ def routes(tmp_path: Path) -> RouteTable:
 def test_shipped_policies_load() -> None:
     routes = RouteTable.load(ROOT / "policies" / "routes.toml")
     AccessPolicy.load(ROOT / "policies" / "access.toml", routes)
-    assert routes.models == ("iris",)
+    assert set(routes.models) == {"digits", "iris"}
+    assert routes.resolve("digits").upstream.kind == "gpu"
+    assert routes.resolve("digits").upstream.timeout_s > routes.resolve("iris").upstream.timeout_s
 
 
 def test_routes_resolve_exact_names_only(routes: RouteTable) -> None:
