@@ -141,10 +141,12 @@ def create_app(
     @app.post("/v2/models/<name>/infer")
     async def infer(name: str) -> Response:
         runtime = model(name)
-        body = await body_json()
-        names = dataplane.requested_outputs(body, runtime.outputs)
-        batch = await _decoded(dataplane.decode_v2, body, runtime.settings)
-        outputs = await schedulers[name].run(batch, names)
+        scheduler = schedulers[name]
+        with scheduler.expecting():  # a batch may wait while this body arrives and decodes
+            body = await body_json()
+            names = dataplane.requested_outputs(body, runtime.outputs)
+            batch = await _decoded(dataplane.decode_v2, body, runtime.settings)
+        outputs = await scheduler.run(batch, names)
         dataplane.check_outputs(outputs)
         request_id = body.get("id") if isinstance(body.get("id"), str) else None
         return _json(dataplane.encode_v2(outputs, runtime.settings, request_id))
@@ -152,8 +154,10 @@ def create_app(
     @app.post("/v1/models/<name>:predict")
     async def predict_v1(name: str) -> Response:
         runtime = model(name)
-        batch = await _decoded(dataplane.decode_v1, await body_json(), runtime.settings)
-        outputs = await schedulers[name].run(batch, runtime.outputs[:1])
+        scheduler = schedulers[name]
+        with scheduler.expecting():
+            batch = await _decoded(dataplane.decode_v1, await body_json(), runtime.settings)
+        outputs = await scheduler.run(batch, runtime.outputs[:1])
         dataplane.check_outputs(outputs)
         return _json(dataplane.encode_v1(outputs))
 

@@ -1,12 +1,16 @@
 """Dynamic batching: concurrent requests for one model share one forward pass.
 
-    submit(rows) ──► queue (bounded) ──► gather until max_batch_size rows
-                                          or the oldest request waited max_delay
+    submit(rows) ──► queue (bounded) ──► gather while more requests are on their way,
+                                          until max_batch_size rows or max_delay
                  ◄── its own slice  ◄──── one forward pass in the model's thread
 
 A GPU (or a CPU's vector units) does far more work per second on a batch than on one
 row at a time; clients still send one image each, as the reference architecture's did.
 
+- A batch waits for company only when it can come: while other requests for the model
+  are still being decoded (``expecting``), for at most ``max_delay`` after the oldest
+  arrived. A lone client is never delayed; under load, the requests that arrive while a
+  forward pass runs form the next batch.
 - Requests are never split: a batch takes whole requests from the front of the queue
   while their rows fit (a request larger than ``max_batch_size`` runs alone).
 - Only requests whose rows have the same trailing shape and dtype are stacked together.
@@ -25,8 +29,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,6 +50,10 @@ Predict = Callable[[Array, tuple[str, ...]], Outputs]
 
 class Scheduler(Protocol):
     """How a model's predictions are run: one call per request, or batched."""
+
+    def expecting(self) -> AbstractContextManager[None]:
+        """Around a request's decoding: a batch may wait for it."""
+        ...
 
     async def start(self) -> None: ...
 
@@ -104,6 +113,9 @@ class Unbatched:
     def __init__(self, predict: Predict) -> None:
         self._predict = predict
 
+    def expecting(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
     async def start(self) -> None:
         return None
 
@@ -143,10 +155,20 @@ class DynamicBatcher:
         self._max_delay_s = spec.max_delay_ms / 1000
         self._metrics = metrics
         self._queue: deque[_Pending] = deque()
+        self._incoming = 0  # requests being decoded, which will join the queue soon
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+
+    @contextmanager
+    def expecting(self) -> Iterator[None]:
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+            self._arrived.set()  # queued or failed: either way the gatherer re-decides
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
@@ -188,9 +210,11 @@ class DynamicBatcher:
         return sum(p.rows.shape[0] for p in self._queue)
 
     async def _gather(self) -> None:
-        """Wait until a full batch is queued or the oldest request's delay is spent."""
+        """Wait for requests on their way, until a batch is full or the delay is spent."""
         deadline = self._queue[0].enqueued + self._max_delay_s
         while not self._closing and self._queued_rows() < self._spec.max_batch_size:
+            if self._incoming == 0:
+                return  # nobody else is coming: waiting would only add latency
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return

@@ -89,9 +89,10 @@ class ImageSpec(BaseModel):
 class BatchingSpec(BaseModel):
     """Dynamic batching: gather concurrent requests into one forward pass.
 
-    A batch runs when it holds ``max_batch_size`` rows or when its first request has
-    waited ``max_delay_ms``, whichever comes first. At most ``max_queue`` requests wait;
-    beyond that the scorer answers 503 at once rather than queue without bound.
+    A batch runs when it holds ``max_batch_size`` rows, when no other request for the
+    model is on its way, or when its first request has waited ``max_delay_ms``, whichever
+    comes first. At most ``max_queue`` requests wait; beyond that the scorer answers 503
+    at once rather than queue without bound.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -142,13 +142,45 @@ async def test_a_batch_holds_at_most_max_batch_size_rows_and_never_splits_a_requ
     assert model.batches == [1, 3, 4, 6, 1]
 
 
-async def test_a_lone_request_waits_at_most_the_max_delay() -> None:
+async def test_a_lone_request_is_never_delayed() -> None:
     model = Recorder()
-    b = batcher(model, max_batch_size=64, max_delay_ms=60)
+    b = batcher(model, max_batch_size=64, max_delay_ms=1000)
     await b.start()
     started = time.monotonic()
     await b.run(np.ones((1, 2)), ("sum",))
     waited = time.monotonic() - started
+    await b.stop()
+    assert waited < 0.5  # nobody else was on the way: no reason to wait the second
+    assert model.batches == [1]
+
+
+async def test_a_batch_waits_for_a_request_still_being_decoded() -> None:
+    model = Recorder()
+    b = batcher(model, max_batch_size=64, max_delay_ms=2000)
+    await b.start()
+
+    async def slow_decoder() -> dict[str, Array]:
+        with b.expecting():
+            await asyncio.sleep(0.1)  # reading and decoding its body
+        return await b.run(np.full((1, 2), 2.0), ("sum",))
+
+    decoding = asyncio.create_task(slow_decoder())
+    await asyncio.sleep(0.01)
+    first = await b.run(np.ones((1, 2)), ("sum",))
+    second = await decoding
+    await b.stop()
+    assert (first["sum"].tolist(), second["sum"].tolist()) == ([2.0], [4.0])
+    assert model.batches == [2]  # the first waited for the second, then one pass
+
+
+async def test_waiting_for_company_ends_at_the_max_delay() -> None:
+    model = Recorder()
+    b = batcher(model, max_batch_size=64, max_delay_ms=60)
+    await b.start()
+    with b.expecting():  # a request that takes far longer to decode than the delay
+        started = time.monotonic()
+        await b.run(np.ones((1, 2)), ("sum",))
+        waited = time.monotonic() - started
     await b.stop()
     assert 0.05 <= waited < 2.0
     assert model.batches == [1]
