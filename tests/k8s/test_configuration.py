@@ -1,0 +1,235 @@
+"""The rendered manifests configure the real programs correctly: the gateway's and the
+scorers' settings parse from the pods' environment, the policy ConfigMap loads with the
+gateway's own loaders and routes to Services that exist, the TLS file layout Key Vault
+produces loads, and Redis started with the manifest's arguments serves the limiter.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from certs.authority import CertPaths
+from gateway import tls
+from gateway.policy import AccessPolicy, RouteTable
+from gateway.principal import Principal
+from gateway.ratelimit import Limiter, RateLimited, RateLimitPolicy
+from gateway.settings import GatewaySettings, unknown_environment
+from gateway.tokens import load_issuers
+from scorer.settings import ScorerSettings
+from tests.conftest import free_port
+from tests.k8s.conftest import Rendered
+
+
+def container(overlay: Rendered, deployment: str, name: str) -> dict[str, Any]:
+    spec = overlay.get("Deployment", deployment)["spec"]["template"]["spec"]
+    (found,) = [c for c in spec["containers"] if c["name"] == name]
+    return found
+
+
+def environment(c: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in c.get("env", [])}
+
+
+def mounts(overlay: Rendered, deployment: str, c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Mount path -> the volume mounted there."""
+    volumes = {
+        v["name"]: v
+        for v in overlay.get("Deployment", deployment)["spec"]["template"]["spec"]["volumes"]
+    }
+    return {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
+
+
+def test_gateway_settings_parse_from_the_pod_environment(
+    overlay: Rendered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = container(overlay, "gateway", "gateway")
+    env = environment(gateway)
+    # The gateway refuses to start on an unknown SCOREGATE_* variable.
+    assert unknown_environment(env) == []
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = GatewaySettings()
+    assert (settings.host, settings.port) == ("0.0.0.0", 8443)  # noqa: S104 - in a pod
+    assert settings.port == gateway["ports"][0]["containerPort"]
+    assert settings.secret_store == "keyvault"
+    assert settings.keyvault_verify_challenge_resource is True
+    assert settings.audit_sink == "stdout"
+    assert settings.trusted_proxy_hops == 0
+    assert settings.rate_limit_storage == "async+redis://redis:6379"
+    volumes = mounts(overlay, "gateway", gateway)
+    # Policies from the ConfigMap, TLS from the CSI volume, state on an emptyDir.
+    policy_dir = settings.routes_file.parent
+    assert "configMap" in volumes[str(policy_dir)]
+    for path in (
+        settings.access_policy_file,
+        settings.jwt_issuers_file,
+        settings.rate_limit_policy_file,
+    ):
+        assert path.parent == policy_dir
+    assert "csi" in volumes[str(settings.cert_path.parent)]
+    assert "emptyDir" in volumes[str(settings.state_dir)]
+
+
+def test_scorer_settings_parse_from_the_pod_environment(
+    overlay: Rendered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtimes = {"scorer-cpu": ("sklearn",), "scorer-gpu": ("torch",)}
+    for deployment in runtimes.keys() & {d["metadata"]["name"] for d in overlay.workloads()}:
+        scorer = container(overlay, deployment, "scorer")
+        with monkeypatch.context() as m:
+            for name, value in environment(scorer).items():
+                m.setenv(name, value)
+            settings = ScorerSettings()
+        assert settings.runtimes == runtimes[deployment]
+        assert settings.port == scorer["ports"][0]["containerPort"]
+        # The models volume: filled by the init container, read-only for the scorer.
+        (models,) = [
+            m for m in scorer["volumeMounts"] if m["mountPath"] == str(settings.repository)
+        ]
+        assert models["readOnly"] is True
+        init = overlay.get("Deployment", deployment)["spec"]["template"]["spec"]["initContainers"]
+        (copy_mount,) = init[0]["volumeMounts"]
+        assert copy_mount["name"] == models["name"] and init[0]["args"] == [copy_mount["mountPath"]]
+
+
+def test_policy_configmap_loads_and_routes_to_existing_services(
+    overlay: Rendered, tmp_path: Path
+) -> None:
+    (configmap,) = overlay.of_kind("ConfigMap")
+    for name, text in configmap["data"].items():
+        (tmp_path / name).write_text(text)
+    routes = RouteTable.load(tmp_path / "routes.toml")
+    AccessPolicy.load(tmp_path / "access.toml", routes)
+    RateLimitPolicy.load(tmp_path / "ratelimits.toml", routes.models)
+    assert load_issuers(tmp_path / "issuers.toml") == []  # API keys only until you add one
+    gateway_spec = overlay.get("Deployment", "gateway")["spec"]["template"]["spec"]
+    assert {"name": configmap["metadata"]["name"], "defaultMode": 0o444} in [
+        v.get("configMap") for v in gateway_spec["volumes"]
+    ]
+    services = {
+        (s["metadata"]["name"], p["port"])
+        for s in overlay.of_kind("Service")
+        if s["spec"]["type"] == "ClusterIP"
+        for p in s["spec"]["ports"]
+    }
+    urls = [urlsplit(str(u.url)) for u in routes.upstreams().values()]
+    upstreams = {(url.hostname, url.port) for url in urls}
+    assert upstreams <= services
+    expected = {"cpu": ("iris",), "gpu": ("iris", "digits"), "production": ("iris", "digits")}
+    assert routes.models == expected[overlay.overlay]
+    # Each scorer Service is routed to: no scorer runs without a route, none is missing.
+    scorer_services = {s for s in services if s[0].startswith("scorer-")}
+    assert upstreams == scorer_services
+
+
+# -- TLS: the file the CSI driver writes ---------------------------------------------------
+def handshake(server: ssl.SSLContext, client: ssl.SSLContext, name: str) -> ssl.SSLObject:
+    """A TLS handshake between two contexts in memory; returns the client's side."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client_side = client.wrap_bio(c_in, c_out, server_hostname=name)
+    server_side = server.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):
+        for side in (client_side, server_side):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    assert client_side.version() is not None, "handshake did not complete"
+    return client_side
+
+
+def test_key_vault_pem_with_key_and_chain_in_one_file_serves_tls(
+    pki: CertPaths, tmp_path: Path
+) -> None:
+    """A Key Vault certificate read as a secret is one PEM: private key, then the chain.
+    The gateway gets that one file as both SCOREGATE_TLS_CERT and SCOREGATE_TLS_KEY."""
+    combined = tmp_path / "gateway.pem"
+    combined.write_bytes(
+        pki.key("gateway").read_bytes()
+        + pki.cert("gateway").read_bytes()
+        + pki.ca_cert.read_bytes()
+    )
+    server = tls.server_context(combined, combined)
+    client = tls.client_context(pki.ca_cert)
+    peer = handshake(server, client, "localhost").getpeercert()
+    assert peer is not None and ("DNS", "localhost") in peer["subjectAltName"]
+    # objectType "cert" would give the certificate without its key: the start fails.
+    cert_only = tmp_path / "cert-only.pem"
+    cert_only.write_bytes(pki.cert("gateway").read_bytes())
+    with pytest.raises(ssl.SSLError):
+        tls.server_context(cert_only, cert_only)
+
+
+# -- Redis as the manifest starts it -------------------------------------------------------
+def redis_command(port: int, *words: str) -> bytes:
+    request = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request.encode())
+        return conn.recv(4096)
+
+
+@pytest.fixture
+def manifest_redis(rendered: dict[str, Rendered], tmp_path: Path) -> Any:
+    """redis-server with the Deployment's arguments; only port, directory and bind address
+    are the test's (never all interfaces on this machine)."""
+    (redis,) = rendered["cpu"].get("Deployment", "redis")["spec"]["template"]["spec"]["containers"]
+    args = list(redis["args"])
+    assert args[0] == "redis-server"
+    port = free_port()
+    args[args.index("--port") + 1] = str(port)
+    args[args.index("--dir") + 1] = str(tmp_path)
+    proc = subprocess.Popen(
+        [*args, "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis_command(port, "PING").startswith(b"+PONG"):
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, "redis-server refused the manifest's arguments"
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_redis_as_deployed_serves_the_rate_limiter_and_refuses_admin_commands(
+    manifest_redis: int,
+) -> None:
+    policy = RateLimitPolicy.model_validate(
+        {
+            "defaults": {
+                "per_principal": "3/minute",
+                "per_address": "",
+                "failed_auth_per_address": "",
+                "per_principal_model": "",
+            }
+        }
+    )
+    limiter = Limiter(policy, f"async+redis://127.0.0.1:{manifest_redis}", "closed")
+    who = Principal(subject="k8s-test", credential="api_key", scopes=frozenset())
+    try:
+        for _ in range(3):
+            await limiter.check_principal(who, "iris", 1)
+        with pytest.raises(RateLimited):
+            await limiter.check_principal(who, "iris", 1)
+        assert limiter.state == "shared"  # counted in Redis, not in a fallback
+    finally:
+        await limiter.close()
+    for command in (("CONFIG", "GET", "maxmemory"), ("FLUSHALL",), ("KEYS", "*")):
+        assert redis_command(manifest_redis, *command).startswith(b"-ERR unknown command")

@@ -1,0 +1,309 @@
+"""SECURITY-CATALOG, Kubernetes: what every rendered overlay must be, checked on the
+objects `kubectl kustomize` produces (not on the source files, which overlays change).
+
+Schema validation is strict (unknown fields refused) against the Kubernetes versions
+below. SecretProviderClass is a CRD of the Secrets Store CSI driver, outside the schemas
+kubernetes-validate ships: it is the one kind allowed to lack a schema, and
+`test_secret_provider_class_reads_the_tls_certificate_from_key_vault` checks its fields.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.k8s.conftest import K8S, NAMESPACE, Rendered
+
+# The oldest minor we support (AKS keeps about a year of releases) and the newest the
+# schemas cover.
+K8S_VERSIONS = ("1.31", kubernetes_validate.latest_version())
+CRD_KINDS = {"SecretProviderClass"}
+REGISTRY = "scoregateacr.azurecr.io/"
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MIN_UID = 10000  # checkov CKV_K8S_40: clear of the UIDs a node's own users take
+DEPLOYMENTS = {
+    "cpu": {"gateway", "scorer-cpu", "redis"},
+    "gpu": {"gateway", "scorer-cpu", "scorer-gpu", "redis"},
+    "production": {"gateway", "scorer-cpu", "scorer-gpu", "redis"},
+}
+
+
+def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = deployment["spec"]["template"]["spec"]
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def test_each_overlay_renders_the_expected_workloads(overlay: Rendered) -> None:
+    assert {d["metadata"]["name"] for d in overlay.workloads()} == DEPLOYMENTS[overlay.overlay]
+    kinds = {d["kind"] for d in overlay.docs}
+    assert {
+        "Namespace",
+        "NetworkPolicy",
+        "ServiceAccount",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "SecretProviderClass",
+    } == kinds
+    # The Azure names file feeds replacements and is never applied.
+    assert [
+        c["metadata"]["name"].startswith("gateway-policies-") for c in overlay.of_kind("ConfigMap")
+    ] == [True]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_object_validates_strictly_against_the_kubernetes_schemas(
+    overlay: Rendered, version: str
+) -> None:
+    without_schema = set()
+    for doc in overlay.docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            without_schema.add(doc["kind"])
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} ({version}): {exc.message}")
+    assert without_schema == CRD_KINDS
+
+
+def test_strict_validation_refuses_an_unknown_field(rendered: dict[str, Rendered]) -> None:
+    """The validator is not a formality: a misspelled field fails it."""
+    deployment = rendered["cpu"].get("Deployment", "gateway")
+    broken = {**deployment, "spec": {**deployment["spec"], "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSIONS[0], strict=True)
+
+
+def test_namespace_enforces_the_restricted_pod_security_standard(overlay: Rendered) -> None:
+    (namespace,) = overlay.of_kind("Namespace")
+    labels = namespace["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+    for doc in overlay.docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
+
+
+def test_pods_are_hardened(overlay: Rendered) -> None:
+    """Non-root high UID, read-only root, no capabilities, no escalation, seccomp, no host
+    namespaces, no API token, no service links, requests and limits, probes, pull secret."""
+    for deployment in overlay.workloads():
+        name = deployment["metadata"]["name"]
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] >= MIN_UID, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["enableServiceLinks"] is False, name
+        assert not any(pod.get(h) for h in ("hostNetwork", "hostPID", "hostIPC")), name
+        assert pod["imagePullSecrets"] == [{"name": "acr-pull"}], name
+        assert not any("hostPath" in v for v in pod.get("volumes", [])), name
+        for c in containers(deployment):
+            where = f"{name}/{c['name']}"
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] >= MIN_UID, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["privileged"] is False, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["capabilities"] == {"drop": ["ALL"]}, where
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            assert c["imagePullPolicy"] == "Always", where
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][bound]), where
+        for c in pod["containers"]:
+            assert {"livenessProbe", "readinessProbe"} <= set(c), name
+
+
+def test_only_the_gateway_is_exposed_and_services_point_at_real_ports(overlay: Rendered) -> None:
+    pods = {d["metadata"]["name"]: d["spec"]["template"] for d in overlay.workloads()}
+    for service in overlay.of_kind("Service"):
+        name, spec = service["metadata"]["name"], service["spec"]
+        assert spec["type"] == ("LoadBalancer" if name == "gateway" else "ClusterIP"), name
+        targets = [
+            p
+            for p in pods.values()
+            if all(p["metadata"]["labels"].get(k) == v for k, v in spec["selector"].items())
+        ]
+        assert len(targets) == 1, f"service {name} selects {len(targets)} workloads"
+        port_names = {p["name"] for c in targets[0]["spec"]["containers"] for p in c["ports"]}
+        assert {p["targetPort"] for p in spec["ports"]} <= port_names, name
+    gateway = overlay.get("Service", "gateway")
+    # Local keeps client addresses for per-address limits and the audit trail.
+    assert gateway["spec"]["externalTrafficPolicy"] == "Local"
+    assert [(p["port"], p["targetPort"]) for p in gateway["spec"]["ports"]] == [(443, "https")]
+
+
+def test_disruption_budgets_and_autoscalers_target_real_workloads(overlay: Rendered) -> None:
+    workloads = {d["metadata"]["name"]: d for d in overlay.workloads()}
+    for hpa in overlay.of_kind("HorizontalPodAutoscaler"):
+        target = hpa["spec"]["scaleTargetRef"]
+        assert target["kind"] == "Deployment" and target["name"] in workloads
+        assert hpa["spec"]["minReplicas"] >= 2  # each scorer and the gateway stay redundant
+    budgets = {p["metadata"]["name"]: p for p in overlay.of_kind("PodDisruptionBudget")}
+    # Redis is one replica of throw-away counters: a budget would only block node drains.
+    assert set(budgets) == set(workloads) - {"redis"}
+    for name, pdb in budgets.items():
+        labels = workloads[name]["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["minAvailable"] == 1
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_images_come_from_the_registry_by_tag_in_development_by_digest_in_production(
+    overlay: Rendered,
+) -> None:
+    for deployment in overlay.workloads():
+        skip = deployment["metadata"].get("annotations", {}).get("checkov.io/skip-image-digest")
+        for c in containers(deployment):
+            image = c["image"]
+            assert image.startswith(REGISTRY), image
+            if overlay.overlay == "production":
+                assert DIGEST.search(image), image
+            else:
+                assert ":" in image.removeprefix(REGISTRY) and not image.endswith(":latest")
+        # The digest check is waived only where images go by tag.
+        assert (skip is None) == (overlay.overlay == "production")
+
+
+def test_workload_identity_is_the_gateways_alone(overlay: Rendered) -> None:
+    accounts = {a["metadata"]["name"]: a for a in overlay.of_kind("ServiceAccount")}
+    for account in accounts.values():
+        assert account["automountServiceAccountToken"] is False
+    spc = overlay.get("SecretProviderClass", "scoregate-gateway-tls")
+    client_id = spc["spec"]["parameters"]["clientID"]
+    for deployment in overlay.workloads():
+        template = deployment["spec"]["template"]
+        account = accounts[template["spec"]["serviceAccountName"]]
+        annotation = (
+            account["metadata"].get("annotations", {}).get("azure.workload.identity/client-id")
+        )
+        uses = template["metadata"]["labels"].get("azure.workload.identity/use")
+        if deployment["metadata"]["name"] == "gateway":
+            assert uses == "true"
+            assert annotation == client_id and GUID.match(client_id)
+        else:
+            assert uses is None and annotation is None, deployment["metadata"]["name"]
+    # One ServiceAccount per role: the scorers share theirs; nobody uses "default".
+    assert set(accounts) == {"scoregate-gateway", "scoregate-scorer", "scoregate-redis"}
+
+
+def test_secret_provider_class_reads_the_tls_certificate_from_key_vault(
+    overlay: Rendered,
+) -> None:
+    spc = overlay.get("SecretProviderClass", "scoregate-gateway-tls")
+    assert spc["apiVersion"] == "secrets-store.csi.x-k8s.io/v1"
+    spec = spc["spec"]
+    assert spec["provider"] == "azure"
+    # Files only: secretObjects would copy the key into a Kubernetes Secret (etcd).
+    assert set(spec) == {"provider", "parameters"}
+    params = spec["parameters"]
+    assert set(params) == {
+        "usePodIdentity",
+        "useVMManagedIdentity",
+        "clientID",
+        "keyvaultName",
+        "tenantId",
+        "objects",
+    }
+    assert params["usePodIdentity"] == "false" and params["useVMManagedIdentity"] == "false"
+    assert GUID.match(params["clientID"]) and GUID.match(params["tenantId"])
+    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]", params["keyvaultName"])
+    objects = [yaml.safe_load(o) for o in yaml.safe_load(params["objects"])["array"]]
+    assert objects == [
+        {"objectName": "gateway-tls", "objectType": "secret", "objectAlias": "gateway.pem"}
+    ]
+    # The gateway mounts it read-only and its settings point at the file.
+    gateway = overlay.get("Deployment", "gateway")["spec"]["template"]["spec"]
+    (volume,) = [v for v in gateway["volumes"] if "csi" in v]
+    assert volume["csi"] == {
+        "driver": "secrets-store.csi.k8s.io",
+        "readOnly": True,
+        "volumeAttributes": {"secretProviderClass": "scoregate-gateway-tls"},
+    }
+    (mount,) = [m for m in gateway["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    env = {e["name"]: e["value"] for e in gateway["containers"][0]["env"]}
+    pem = f"{mount['mountPath']}/gateway.pem"
+    assert env["SCOREGATE_TLS_CERT"] == env["SCOREGATE_TLS_KEY"] == pem
+    assert env["SCOREGATE_KEYVAULT_URL"] == f"https://{params['keyvaultName']}.vault.azure.net"
+
+
+def test_no_secret_travels_in_the_manifests(overlay: Rendered) -> None:
+    """Secrets come from Key Vault as mounted files: no Secret objects, no secret
+    environment variables (the image-pull secret is made by create-pull-secret.sh)."""
+    assert not overlay.of_kind("Secret")
+    for deployment in overlay.workloads():
+        for c in containers(deployment):
+            for env in c.get("env", []):
+                assert "valueFrom" not in env, env["name"]
+            assert "envFrom" not in c
+
+
+def test_the_gpu_scorer_alone_goes_to_the_gpu_pool(overlay: Rendered) -> None:
+    for deployment in overlay.workloads():
+        pod = deployment["spec"]["template"]["spec"]
+        tolerates_gpu = any(t.get("key") == "sku" for t in pod.get("tolerations", []))
+        if deployment["metadata"]["name"] != "scorer-gpu":
+            assert not tolerates_gpu and "nodeSelector" not in pod
+            for c in containers(deployment):
+                assert "nvidia.com/gpu" not in c["resources"]["limits"]
+            continue
+        assert pod["nodeSelector"] == {"kubernetes.azure.com/agentpool": "gpu"}
+        assert pod["tolerations"] == [
+            {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
+        ]
+        (scorer,) = pod["containers"]
+        assert scorer["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert scorer["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert ("scorer-gpu" in {d["metadata"]["name"] for d in overlay.workloads()}) == (
+        overlay.overlay in {"gpu", "production"}
+    )
+
+
+def test_production_is_the_gpu_overlay_with_digests(rendered: dict[str, Rendered]) -> None:
+    """Production differs from the gpu overlay in its image references (digests, not
+    tags) and the checkov waiver for tags, and in nothing else."""
+
+    def comparable(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        docs = copy.deepcopy(docs)
+        for doc in docs:
+            annotations = doc["metadata"].get("annotations", {})
+            annotations.pop("checkov.io/skip-image-digest", None)
+            if "annotations" in doc["metadata"] and not annotations:
+                del doc["metadata"]["annotations"]
+            if doc["kind"] == "Deployment":
+                for c in containers(doc):
+                    c["image"] = re.split(r"[:@]", c["image"].removeprefix(REGISTRY))[0]
+        return docs
+
+    assert comparable(rendered["gpu"].docs) == comparable(rendered["production"].docs)
+
+
+def test_azure_names_from_one_file_reach_every_place(overlay: Rendered) -> None:
+    """k8s/base/azure.env is the one place for Azure names: each placeholder in the base
+    manifests is replaced, and the file itself is not applied."""
+    values = dict(
+        line.split("=", 1)
+        for line in (K8S / "base" / "azure.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert set(values) == {"keyvaultName", "keyvaultUrl", "tenantId", "clientId", "dnsLabel"}
+    text = overlay.path.read_text()
+    for placeholder in ("CLIENT_ID", "TENANT_ID", "KEYVAULT_NAME", "KEYVAULT_URL", "DNS_LABEL"):
+        assert not re.search(rf"(?<![A-Z_]){placeholder}", text), placeholder
+    params = overlay.get("SecretProviderClass", "scoregate-gateway-tls")["spec"]["parameters"]
+    assert (params["keyvaultName"], params["tenantId"], params["clientID"]) == (
+        values["keyvaultName"],
+        values["tenantId"],
+        values["clientId"],
+    )
+    service = overlay.get("Service", "gateway")["metadata"]["annotations"]
+    assert service["service.beta.kubernetes.io/azure-dns-label-name"] == values["dnsLabel"]
+    assert "local-config" not in text
