@@ -26,6 +26,7 @@ from gateway import context
 from gateway.audit import AuditEvent, AuditTrail, utc_timestamp
 from gateway.auditsign import load_signer
 from gateway.auth import authenticate
+from gateway.breaker import CircuitOpen
 from gateway.errors import (
     AuditUnavailable,
     BadRequest,
@@ -334,7 +335,7 @@ def create_app(gw: Gateway) -> Quart:
             },
             exc.status,
         )
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited | CircuitOpen):
             response.headers.update(exc.headers)
         if exc.status == 401:
             # RFC 9110 §11.6.1: a 401 names the scheme the client should use.

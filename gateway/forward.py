@@ -6,7 +6,8 @@ prototype (BENCHMARKS.md). Rules enforced here (OWASP API10, unsafe consumption 
   never leave the gateway;
 - no redirects are followed; a 3xx is a bad upstream;
 - the response body is read up to a bound and must be JSON;
-- connect failure → 503, timeout → 504, anything malformed → 502.
+- connect failure → 503, timeout → 504, anything malformed → 502;
+- a circuit breaker per upstream (`gateway.breaker`) refuses at once while a scorer fails.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
+from gateway.breaker import CircuitBreaker
 from gateway.errors import (
     BadUpstream,
     GatewayError,
@@ -41,6 +43,17 @@ class Forwarder:
     def __init__(self, *, max_response_bytes: int) -> None:
         self._max = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
+        self.breakers: dict[str, CircuitBreaker] = {}
+
+    def breaker(self, route: Route) -> CircuitBreaker:
+        found = self.breakers.get(route.upstream_name)
+        if found is None:
+            found = CircuitBreaker(
+                failure_threshold=route.upstream.breaker_failures,
+                reset_s=route.upstream.breaker_reset_s,
+            )
+            self.breakers[route.upstream_name] = found
+        return found
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30, ttl_dns_cache=30)
@@ -75,6 +88,25 @@ class Forwarder:
         return b"".join(chunks)
 
     async def send(
+        self, route: Route, method: str, path: str, body: bytes | None, request_id: str
+    ) -> UpstreamResponse:
+        breaker = self.breaker(route)
+        breaker.before()
+        try:
+            response = await self._send(route, method, path, body, request_id)
+        except (UpstreamUnavailable, UpstreamTimeout, BadUpstream):
+            breaker.failure()
+            raise
+        except GatewayError:
+            breaker.success()  # the scorer answered: the client's input was at fault
+            raise
+        except BaseException:
+            breaker.release()  # cancelled (client gone): no verdict on the scorer
+            raise
+        breaker.success()
+        return response
+
+    async def _send(
         self, route: Route, method: str, path: str, body: bytes | None, request_id: str
     ) -> UpstreamResponse:
         session = self._started()

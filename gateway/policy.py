@@ -37,6 +37,9 @@ class Upstream(BaseModel):
     connect_timeout_s: float = Field(default=1.0, gt=0)
     timeout_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=64, ge=1)
+    # Circuit breaker: open after this many consecutive failures, try again after reset.
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=10.0, gt=0)
 
 
 class ModelRoute(BaseModel):

@@ -111,9 +111,15 @@ def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_routes(
-    path: Path, scorer_url: str, models: tuple[str, ...] = ("iris", "iris-copy")
+    path: Path,
+    scorer_url: str,
+    models: tuple[str, ...] = ("iris", "iris-copy"),
+    **upstream: float,
 ) -> Path:
-    lines = [f'[upstreams.cpu]\nurl = "{scorer_url}"\ntimeout_s = 2.0\nconnect_timeout_s = 0.5\n']
+    extra = "".join(f"{key} = {value}\n" for key, value in upstream.items())
+    lines = [
+        f'[upstreams.cpu]\nurl = "{scorer_url}"\ntimeout_s = 2.0\nconnect_timeout_s = 0.5\n{extra}'
+    ]
     lines += [f'[models."{m}"]\nupstream = "cpu"\nmax_instances = 8\n' for m in models]
     path.write_text("\n".join(lines))
     return path

@@ -7,6 +7,7 @@ redirecting, huge, not JSON, down) so every forwarding rule is exercised for rea
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,7 @@ class GatewayUnderTest:
 
 
 async def make_gateway(
-    tmp_path: Path, upstream_url: str, **settings: Any
+    tmp_path: Path, upstream_url: str, routes: dict[str, float] | None = None, **settings: Any
 ) -> tuple[Quart, str, Path]:
     from gateway.app import create_app
 
@@ -115,7 +116,7 @@ async def make_gateway(
     )
     config = GatewaySettings(
         state_dir=tmp_path,
-        routes_file=write_routes(tmp_path / "routes.toml", upstream_url),
+        routes_file=write_routes(tmp_path / "routes.toml", upstream_url, **(routes or {})),
         access_policy_file=write_access(tmp_path / "access.toml"),
         **settings,
     )
@@ -198,12 +199,14 @@ async def test_upstream_faults_map_to_gateway_statuses(
         assert all("meta-data" not in s["path"] for s in upstream.seen)  # never followed
 
 
-async def test_scorer_down_is_503(tmp_path: Path) -> None:
+async def test_scorer_down_is_503_fast(tmp_path: Path) -> None:
     app, key, _ = await make_gateway(tmp_path, f"http://127.0.0.1:{free_port()}")
     async with app.test_app() as test_app:
+        started = time.monotonic()
         r = await test_app.test_client().post(
             "/v1/models/iris:predict", json={"instances": ROWS}, headers={"api-key": key}
         )
+        assert time.monotonic() - started < 1.0  # refused at connect, not at a timeout
         assert (r.status_code, (await r.get_json())["error"]["code"]) == (
             503,
             "upstream_unavailable",
@@ -335,3 +338,59 @@ async def test_a_bearer_token_is_never_forwarded(tmp_path: Path, upstream: Upstr
     sent = upstream.seen[-1]["headers"]
     assert "authorization" not in sent
     assert token not in str(sent)
+
+
+async def test_circuit_breaker_opens_on_a_failing_scorer_and_closes_when_it_recovers(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    app, key, audit = await make_gateway(
+        tmp_path, upstream.url, routes={"breaker_failures": 3, "breaker_reset_s": 0.4}
+    )
+    async with app.test_app() as test_app:
+        gw = GatewayUnderTest(test_app.test_client(), app, key, audit)
+        upstream.mode = "error500"
+        statuses = [(await predict(gw, json={"instances": ROWS})).status_code for _ in range(3)]
+        assert statuses == [502, 502, 502]
+        calls = len(upstream.seen)
+
+        # Open: refused at once, the scorer is not called, the client is told when to retry.
+        upstream.mode = "ok"
+        refused = await predict(gw, json={"instances": ROWS})
+        assert refused.status_code == 503
+        assert (await refused.get_json())["error"]["code"] == "upstream_unavailable"
+        assert refused.headers["Retry-After"] == "1"
+        assert len(upstream.seen) == calls
+        record = await gw.record_for(refused.headers["X-Request-Id"])
+        assert (record["status"], record["reason"]) == (503, "circuit_open")
+        assert (await gw.client.get("/v2/health/live")).status_code == 200
+
+        # Half-open after the reset time: one trial reaches the recovered scorer; closed again.
+        await asyncio.sleep(0.45)
+        assert (await predict(gw, json={"instances": ROWS})).status_code == 200
+        assert (await predict(gw, json={"instances": ROWS})).status_code == 200
+        assert len(upstream.seen) == calls + 2
+
+
+async def test_a_failed_trial_opens_the_breaker_again(tmp_path: Path, upstream: Upstream) -> None:
+    app, key, audit = await make_gateway(
+        tmp_path, upstream.url, routes={"breaker_failures": 2, "breaker_reset_s": 0.3}
+    )
+    async with app.test_app() as test_app:
+        gw = GatewayUnderTest(test_app.test_client(), app, key, audit)
+        upstream.mode = "html"  # malformed answers count as failures too
+        for _ in range(2):
+            assert (await predict(gw, json={"instances": ROWS})).status_code == 502
+        await asyncio.sleep(0.35)
+        assert (await predict(gw, json={"instances": ROWS})).status_code == 502  # the trial
+        assert (await predict(gw, json={"instances": ROWS})).status_code == 503  # open again
+
+
+async def test_client_errors_never_open_the_breaker(tmp_path: Path, upstream: Upstream) -> None:
+    app, key, audit = await make_gateway(tmp_path, upstream.url, routes={"breaker_failures": 2})
+    async with app.test_app() as test_app:
+        gw = GatewayUnderTest(test_app.test_client(), app, key, audit)
+        upstream.mode = "reject"  # the scorer refuses the input: 422, the scorer is fine
+        for _ in range(5):
+            assert (await predict(gw, json={"instances": ROWS})).status_code == 422
+        upstream.mode = "ok"
+        assert (await predict(gw, json={"instances": ROWS})).status_code == 200
