@@ -42,6 +42,7 @@ from gateway.forward import Forwarder
 from gateway.jwks import JWKSKeys
 from gateway.jwtauth import JWTValidator
 from gateway.keyring import KeyRing
+from gateway.metrics import GatewayMetrics
 from gateway.policy import AccessPolicy, Route, RouteTable
 from gateway.principal import Principal
 from gateway.ratelimit import Limiter, RateLimited
@@ -68,11 +69,21 @@ class Gateway:
     limiter: Limiter
     audit: AuditTrail
     jwks: list[JWKSKeys] = field(default_factory=list)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _ready: tuple[float, bool, dict[str, bool]] = (0.0, False, {})
 
     async def start(self) -> None:
         await self.forwarder.start()
+        self.metrics.watch(
+            staleness=self.keys.staleness_s,
+            audit_depth=lambda: self.audit.depth,
+            audit_lost=lambda: self.audit.lost,
+        )
+        for model in self.routes.models:
+            route = self.routes.resolve(model)
+            breaker = self.forwarder.breaker(route)
+            breaker.on_change = self.metrics.circuit_changed(route.upstream_name)
         try:
             await self.keys.refresh()
         except SecretStoreError as exc:
@@ -286,32 +297,32 @@ def create_app(gw: Gateway) -> Quart:
         g.audited = True
         principal = g.get("principal")
         rule = request.url_rule
-        gw.audit.record(
-            AuditEvent(
-                time=utc_timestamp(),
-                request_id=g.request_id,
-                client_request_id=g.get("client_request_id"),
-                client=g.client,
-                method=request.method[:16],
-                path=request.path[:256],  # never the query string
-                route=rule.endpoint if rule is not None else "-",
-                model=g.get("model"),
-                subject=principal.subject if principal else None,
-                credential=principal.credential if principal else None,
-                key_id=principal.key_id if principal else None,
-                key_version=principal.key_version if principal else None,
-                decision=g.get("decision", "deny"),
-                reason=g.get("reason", "ok"),
-                status=status,
-                latency_ms=round((time.perf_counter() - g.start) * 1000, 3),
-                bytes_in=g.get("bytes_in", 0),
-                bytes_out=bytes_out,
-                payload_sha256=g.get("payload_sha256"),
-                instances=g.get("instances"),
-                limiter=gw.limiter.state if request.endpoint not in _PROBES else None,
-            ),
-            reserved=reserved,
+        route: Route | None = g.get("route")
+        event = AuditEvent(
+            time=utc_timestamp(),
+            request_id=g.request_id,
+            client_request_id=g.get("client_request_id"),
+            client=g.client,
+            method=request.method[:16],
+            path=request.path[:256],  # never the query string
+            route=rule.endpoint if rule is not None else "-",
+            model=g.get("model"),
+            subject=principal.subject if principal else None,
+            credential=principal.credential if principal else None,
+            key_id=principal.key_id if principal else None,
+            key_version=principal.key_version if principal else None,
+            decision=g.get("decision", "deny"),
+            reason=g.get("reason", "ok"),
+            status=status,
+            latency_ms=round((time.perf_counter() - g.start) * 1000, 3),
+            bytes_in=g.get("bytes_in", 0),
+            bytes_out=bytes_out,
+            payload_sha256=g.get("payload_sha256"),
+            instances=g.get("instances"),
+            limiter=gw.limiter.state if request.endpoint not in _PROBES else None,
         )
+        gw.audit.record(event, reserved=reserved)
+        gw.metrics.observe(event, route.upstream_name if route is not None else None)
 
     @app.teardown_request
     async def _teardown(exc: BaseException | None) -> None:
@@ -404,6 +415,7 @@ def create_app(gw: Gateway) -> Quart:
         g.principal = principal
         route = gw.routes.resolve(model)
         g.model = route.model
+        g.route = route
         gw.access.authorize(principal, route.model)
         g.decision = "allow"
         return route

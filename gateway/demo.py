@@ -176,7 +176,7 @@ def run_demo(
     out: Callable[[str], None],
 ) -> int:
     try:
-        for port in (settings.port, scorer_port, gpu_scorer_port):
+        for port in (settings.port, scorer_port, gpu_scorer_port, settings.metrics_port):
             _check_port_free(port)
     except DemoError as exc:
         out(f"demo failed: {exc}")

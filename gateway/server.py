@@ -10,7 +10,7 @@ import ssl
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from gateway import tls
+from gateway import logs, metrics, tls
 from gateway.app import Gateway, create_app
 from gateway.audit import AuditSink, AuditTrail, FileSink, StdoutSink
 from gateway.forward import Forwarder
@@ -99,23 +99,36 @@ def hypercorn_config(settings: GatewaySettings) -> Config:
     config.h2_max_header_list_size = settings.max_header_bytes
     config.graceful_timeout = 10.0
     config.accesslog = None  # the audit trail is the access record
-    config.errorlog = "-"
+    # Hypercorn's own messages go through our (JSON) root handler, not a handler of its own.
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.loglevel = settings.log_level
     return config
 
 
 async def _serve(settings: GatewaySettings) -> None:
     config = hypercorn_config(settings)
-    app = create_app(build_gateway(settings))
+    gw = build_gateway(settings)
+    app = create_app(gw)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(app, config, shutdown_trigger=stop.wait)
+    metrics_server = None
+    if settings.metrics_port:
+        metrics_server = await metrics.serve(
+            gw.metrics, settings.metrics_host, settings.metrics_port
+        )
+    try:
+        # SIGTERM (Kubernetes stopping the pod): stop accepting, let in-flight requests
+        # finish within graceful_timeout, then drain the audit queue (`Gateway.stop`).
+        await serve(app, config, shutdown_trigger=stop.wait)
+    finally:
+        if metrics_server is not None:
+            await metrics_server.cleanup()
 
 
 def run(settings: GatewaySettings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows

@@ -80,6 +80,11 @@ class GatewaySettings(BaseSettings):
     audit_on_failure: Literal["closed", "open"] = "closed"
 
     log_level: str = "WARNING"
+    log_format: Literal["json", "text"] = "json"  # operational logs on stderr
+
+    # -- metrics (internal listener; 0 turns it off) --------------------------------------
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
 
     @property
     def cert_path(self) -> Path:

@@ -8,6 +8,7 @@ import signal
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from pythonjsonlogger.json import JsonFormatter
 
 from scorer.app import create_app
 from scorer.repository import discover
@@ -31,7 +32,7 @@ def hypercorn_config(settings: ScorerSettings) -> Config:
     config.include_server_header = False
     config.keep_alive_timeout = settings.keep_alive_timeout_s
     config.accesslog = None
-    config.errorlog = "-"
+    config.errorlog = logging.getLogger("hypercorn.error")  # through our JSON handler
     config.loglevel = settings.log_level
     return config
 
@@ -47,8 +48,26 @@ async def _serve(settings: ScorerSettings) -> None:
     await serve(app, hypercorn_config(settings), shutdown_trigger=stop.wait)
 
 
+def configure_logging(settings: ScorerSettings) -> None:
+    """One JSON object per line on stderr (python-json-logger), or text for a terminal."""
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "{levelname}{name}{message}",
+                style="{",
+                rename_fields={"levelname": "level", "name": "logger"},
+                timestamp=True,
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.getLogger().handlers = [handler]
+    logging.getLogger().setLevel(settings.log_level.upper())
+
+
 def run(settings: ScorerSettings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(settings)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows

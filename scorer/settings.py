@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,3 +25,4 @@ class ScorerSettings(BaseSettings):
     max_body_bytes: int = Field(default=4 * MIB, ge=1)
     keep_alive_timeout_s: float = Field(default=75.0, gt=0)
     log_level: str = "WARNING"
+    log_format: Literal["json", "text"] = "json"

@@ -187,6 +187,7 @@ class Stack:
     keys: Keys
     procs: dict[str, subprocess.Popen[bytes]]
     scorer_url: str
+    metrics_url: str = ""
 
     @property
     def audit_file(self) -> Path:
@@ -277,6 +278,7 @@ def gateway_env(
         # A short checkpoint cadence, so a live trail is signed within a few records.
         SCOREGATE_AUDIT_CHECKPOINT_EVERY="10",
         SCOREGATE_LOG_LEVEL="INFO",
+        SCOREGATE_METRICS_PORT=str(free_port()),
         **extra,
     )
     return env
@@ -318,7 +320,8 @@ def stack(
         wait_ready(
             f"{base}/v2/health/ready", client_context(state / "certs" / "ca.pem"), procs, logs
         )
-        yield Stack(base, state / "certs" / "ca.pem", state, keys, procs, scorer_url)
+        metrics_url = f"http://127.0.0.1:{env['SCOREGATE_METRICS_PORT']}/metrics"
+        yield Stack(base, state / "certs" / "ca.pem", state, keys, procs, scorer_url, metrics_url)
     finally:
         stop(procs)
 

@@ -219,6 +219,7 @@ def test_demo_once_exits_zero_after_real_predictions(
         "--gpu-scorer-port",
         str(free_port()),
         state=state,
+        SCOREGATE_METRICS_PORT=str(free_port()),
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "[ok ] v1 predict HTTP 200" in out.stdout
