@@ -68,7 +68,13 @@ def test_stdout_sink_writes_the_same_sealed_records(
     gateway.proc.send_signal(signal.SIGTERM)
     gateway.proc.wait(timeout=20)
     log = next((gateway.state / "logs").glob("gateway-*.log")).read_bytes()
-    lines = [line for line in log.splitlines() if line.startswith(b'{"')]
+    # The process wrote the trail to stdout and its JSON logs to stderr; this test's log
+    # file holds both streams, so it tells them apart by shape (logs name their logger).
+    lines = [
+        line
+        for line in log.splitlines()
+        if line.startswith(b'{"') and "logger" not in orjson.loads(line)
+    ]
     records = [orjson.loads(line) for line in lines]
     assert rid in {r.get("request_id") for r in records}
     assert not (gateway.state / "audit" / "audit.jsonl").exists()
