@@ -36,6 +36,7 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthenticated,
 )
 from gateway.forward import Forwarder
@@ -368,6 +369,10 @@ def create_app(gw: Gateway) -> Quart:
             mapped = MethodNotAllowed(reason="method_not_allowed")
         elif exc.code == 413:
             mapped = PayloadTooLarge(reason="body_too_large")
+        elif exc.code == 408:
+            # Quart's BODY_TIMEOUT: a slow body (slowloris on the body) is cut off.
+            g.close_connection = True
+            mapped = RequestTimeout(reason="body_timeout")
         else:
             mapped = BadRequest(reason=f"http_{exc.code}")
             mapped.status = exc.code or 400

@@ -8,6 +8,7 @@
      ├── NotFound               404  not_found
      │    └── ModelNotFound     404  model_not_found
      ├── MethodNotAllowed       405  method_not_allowed
+     ├── RequestTimeout         408  request_timeout   (the body did not arrive in time)
      ├── PayloadTooLarge        413  payload_too_large
      ├── InvalidRequest         422  invalid_request
      ├── BadUpstream            502  bad_upstream
@@ -73,6 +74,11 @@ class PayloadTooLarge(GatewayError):
 
 class InvalidRequest(GatewayError):
     status, code, default_message = 422, "invalid_request", "the request body is invalid"
+
+
+class RequestTimeout(GatewayError):
+    status, code = 408, "request_timeout"
+    default_message = "the request body did not arrive in time"
 
 
 class BadUpstream(GatewayError):

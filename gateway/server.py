@@ -94,6 +94,9 @@ def hypercorn_config(settings: GatewaySettings) -> Config:
     config.include_server_header = False  # no banner naming the software
     config.ssl_handshake_timeout = settings.handshake_timeout_s
     config.keep_alive_timeout = settings.keep_alive_timeout_s
+    # Every read must complete within read_timeout: a client that stalls (or whose TLS
+    # layer stops reading because it never takes our answers) is closed; uvloop then
+    # bounds the TLS shutdown to 30 s before aborting (SECURITY.md: known limits).
     config.read_timeout = settings.read_timeout_s
     config.h11_max_incomplete_size = settings.max_header_bytes
     config.h2_max_header_list_size = settings.max_header_bytes

@@ -33,10 +33,12 @@ class GatewaySettings(BaseSettings):
     hsts_max_age_s: int = Field(default=63_072_000, ge=0)  # two years, Mozilla's advice
 
     # Connection and request limits (units in the names).
-    handshake_timeout_s: float = Field(default=5.0, gt=0)
+    handshake_timeout_s: float = Field(default=5.0, gt=0)  # TLS handshake
+    # Idle connection, and also the whole request head (HTTP/1.1): Hypercorn keeps the idle
+    # timer running until the headers are complete, so slowloris trickling cannot reset it.
     keep_alive_timeout_s: float = Field(default=5.0, gt=0)
-    read_timeout_s: int = Field(default=10, gt=0)
-    body_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: int = Field(default=10, gt=0)  # any single read from the socket
+    body_timeout_s: float = Field(default=10.0, gt=0)  # the whole body: 408 after it
     max_header_bytes: int = Field(default=16 * KIB, ge=1 * KIB)
     max_body_bytes: int = Field(default=1 * MIB, ge=1)
     max_response_bytes: int = Field(default=8 * MIB, ge=1)

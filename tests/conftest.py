@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -419,9 +420,9 @@ class Gateway:
             time.sleep(0.05)
 
 
-@pytest.fixture
-def spawn_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Start more gateway processes beside the shared stack (same scorer, CA and key store)."""
+@contextmanager
+def _gateway_spawner(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Starts more gateway processes beside the shared stack (same scorer, CA, key store)."""
     started: dict[str, subprocess.Popen[bytes]] = {}
 
     def spawn(ratelimits: Path | None = None, *, wait: bool = True, **extra: str) -> Gateway:
@@ -447,8 +448,24 @@ def spawn_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
             )
         return Gateway(base, state, proc, stack.ca)
 
-    yield spawn
-    stop(started)
+    try:
+        yield spawn
+    finally:
+        stop(started)
+
+
+@pytest.fixture
+def spawn_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Gateways that live for one test."""
+    with _gateway_spawner(stack, tmp_path_factory) as spawn:
+        yield spawn
+
+
+@pytest.fixture(scope="module")
+def spawn_module_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Gateways shared by the tests of one module."""
+    with _gateway_spawner(stack, tmp_path_factory) as spawn:
+        yield spawn
 
 
 async def new_key(store_path: Path, scopes: list[str] | None = None) -> tuple[str, str]:
