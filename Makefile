@@ -8,8 +8,14 @@ TORCH  ?= torch==2.13.0
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# sslyze (the TLS scanner of tests/security/test_tls_scan.py) pins cryptography<47, below
+# what the gateway runs on; it gets a virtual environment of its own rather than
+# downgrading ours.
+SSLYZE       ?= sslyze>=6.3.1,<7
+SSLYZE_VENV  := .venv-sslyze
+SSLYZE_STAMP := $(SSLYZE_VENV)/.installed
 
-.PHONY: install demo test lint format typecheck unit bench-hotpath bench-batching clean
+.PHONY: install sslyze demo test lint format typecheck unit bench-hotpath bench-batching clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scoregate needs Python >= 3.11")'
@@ -19,14 +25,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,torch]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+$(SSLYZE_STAMP):
+	$(PYTHON) -m venv $(SSLYZE_VENV)
+	$(SSLYZE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SSLYZE_VENV)/bin/python -m pip install --quiet '$(SSLYZE)'
+	@touch $(SSLYZE_STAMP)
+
+install: $(STAMP) $(SSLYZE_STAMP)
+
+## make sslyze: only the scanner's own environment (.venv-sslyze).
+sslyze: $(SSLYZE_STAMP)
 
 ## make demo [ONCE=1]: the whole stack on this machine, with real scored requests over HTTPS.
 demo: $(STAMP)
 	$(BIN)/scoregate demo $(if $(ONCE),--once)
 
 ## make test: lint, type checks and the whole test suite (starts Redis if none answers).
-test: lint typecheck
+test: lint typecheck $(SSLYZE_STAMP)
 	bash .ci/ensure-redis
 	$(BIN)/pytest
 
@@ -55,4 +70,4 @@ bench-batching: $(STAMP)
 	$(BIN)/python bench/batching.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(SSLYZE_VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis
