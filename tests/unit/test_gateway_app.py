@@ -274,6 +274,96 @@ async def test_options_is_405_not_an_automatic_answer(gw: GatewayUnderTest) -> N
     assert (r.status_code, (await r.get_json())["error"]["code"]) == (405, "method_not_allowed")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/v1/models/iris:predict", "POST"),
+        ("PUT", "/v2/models/iris/infer", "POST"),
+        ("POST", "/v2/models/iris", "GET, HEAD"),
+        ("TRACE", "/v2/health/live", "GET, HEAD"),
+        ("OPTIONS", "/v2/health/ready", "GET, HEAD"),
+    ],
+)
+async def test_405_names_the_methods_the_path_serves(
+    gw: GatewayUnderTest, method: str, path: str, allowed: str
+) -> None:
+    # RFC 9110 §15.5.6: the origin server MUST send Allow with a 405.
+    r = await gw.client.open(path, method=method, headers={"api-key": gw.key})
+    assert (r.status_code, (await r.get_json())["error"]["code"]) == (405, "method_not_allowed")
+    assert r.headers["allow"] == allowed
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+async def test_a_body_not_declared_as_json_is_415_and_never_forwarded(
+    gw: GatewayUnderTest, upstream: Upstream, content_type: str | None
+) -> None:
+    headers = {"api-key": gw.key} | ({"content-type": content_type} if content_type else {})
+    r = await gw.client.post(
+        "/v1/models/iris:predict", data=orjson.dumps({"instances": ROWS}), headers=headers
+    )
+    assert (r.status_code, (await r.get_json())["error"]["code"]) == (
+        415,
+        "unsupported_media_type",
+    )
+    assert [s for s in upstream.seen if "predict" in s["path"]] == []
+    assert (await gw.record_for(r.headers["x-request-id"]))["reason"] == "content_type_not_json"
+
+
+async def test_json_with_a_charset_parameter_is_accepted(
+    gw: GatewayUnderTest, upstream: Upstream
+) -> None:
+    r = await gw.client.post(
+        "/v1/models/iris:predict",
+        data=orjson.dumps({"instances": ROWS}),
+        headers={"api-key": gw.key, "content-type": "application/json; charset=utf-8"},
+    )
+    assert r.status_code == 200
+
+
+TENSOR = {"name": "m", "shape": [1, 4], "datatype": "FP64", "data": [0.0] * 4}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"inputs": [{k: v for k, v in TENSOR.items() if k != "name"}]},
+        {"inputs": [TENSOR | {"name": 7}]},
+        {"inputs": [{k: v for k, v in TENSOR.items() if k != "datatype"}]},
+        {"inputs": [TENSOR | {"datatype": ["FP64"]}]},
+        {"inputs": [{k: v for k, v in TENSOR.items() if k != "data"}]},
+        {"inputs": [TENSOR | {"data": "0,0,0,0"}]},
+        {"inputs": [TENSOR | {"parameters": "x"}]},
+        {"inputs": [TENSOR], "id": 5},
+        {"inputs": [TENSOR], "parameters": []},
+        {"inputs": [TENSOR], "outputs": []},
+        {"inputs": [TENSOR], "outputs": None},
+        {"inputs": [TENSOR], "outputs": {"name": "predict"}},
+        {"inputs": [TENSOR], "outputs": [{"name": 1}]},
+        {"inputs": [TENSOR], "outputs": [{"name": "predict", "parameters": 1}]},
+    ],
+)
+async def test_v2_envelope_that_breaks_the_protocol_is_422_and_never_forwarded(
+    gw: GatewayUnderTest, upstream: Upstream, body: dict[str, Any]
+) -> None:
+    r = await gw.client.post("/v2/models/iris/infer", json=body, headers={"api-key": gw.key})
+    assert (r.status_code, (await r.get_json())["error"]["code"]) == (422, "invalid_request")
+    assert [s for s in upstream.seen if "infer" in s["path"]] == []
+
+
+async def test_v2_envelope_as_the_protocol_writes_it_is_forwarded(
+    gw: GatewayUnderTest, upstream: Upstream
+) -> None:
+    body = {
+        "id": "r-1",
+        "parameters": {},
+        "inputs": [TENSOR | {"parameters": {}}],
+        "outputs": [{"name": "predict", "parameters": {}}],
+    }
+    r = await gw.client.post("/v2/models/iris/infer", json=body, headers={"api-key": gw.key})
+    assert r.status_code == 200
+    assert orjson.loads(upstream.seen[-1]["body"]) == body
+
+
 async def test_unexpected_exception_is_a_generic_500(
     gw: GatewayUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
