@@ -1,0 +1,120 @@
+"""The API contract (`gateway/openapi.yaml`) held against the live gateway by schemathesis.
+
+Real TLS (verified against the dev CA), a real scorer, an API key scoped to ``iris``.
+schemathesis generates requests from the document (its examples, boundary cases and
+Hypothesis fuzzing, valid and invalid alike) and checks every answer: no server error,
+a documented status, a documented content type, a body and headers that match the
+document, invalid requests refused, requests without valid credentials refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from schemathesis.config import SchemathesisConfig
+
+from tests.conftest import ROOT, Stack, write_ratelimits
+
+pytestmark = pytest.mark.e2e
+
+SPEC = ROOT / "gateway" / "openapi.yaml"
+# Bounded and reproducible: the same cases on every run, in well under a minute.
+MAX_EXAMPLES = 60
+SEED = 8443
+
+
+CONFIG: dict[str, Any] = {
+    "seed": SEED,
+    "request-timeout": 10,
+    "generation": {
+        "mode": "all",
+        "max-examples": MAX_EXAMPLES,
+        "deterministic": True,
+        # Credentials come from the test (the stack's key), not from the generator.
+        "with-security-parameters": False,
+    },
+    "phases": {"stateful": {"enabled": False}},
+    "checks": {
+        # Every 5xx is a failure, 502-504 included: the scorer behind this gateway is
+        # healthy, so an upstream status here would be a bug too.
+        "not_a_server_error": {"expected-statuses": ["2xx", "4xx"]},
+        # The document describes the protocol; whether a well-formed tensor fits a given
+        # model (shape, datatype, batch) is the model's to say (413, 422).
+        # Invalid requests must be refused; one that is also too large is refused for
+        # that first (413), which is a refusal all the same.
+        "negative_data_rejection": {
+            "expected-statuses": ["400", "401", "403", "404", "405", "413", "415", "422", "429"]
+        },
+        "positive_data_acceptance": {
+            "expected-statuses": ["2xx", "401", "403", "404", "413", "422"]
+        },
+    },
+}
+
+# Every operation, model names generated (mostly unknown: 404).
+any_model = schemathesis.openapi.from_path(SPEC, config=SchemathesisConfig.from_dict(CONFIG))
+# The model operations with the model pinned to ``iris``: the bodies reach the scorer.
+iris = schemathesis.openapi.from_path(
+    SPEC, config=SchemathesisConfig.from_dict({**CONFIG, "parameters": {"path.model": "iris"}})
+).include(path_regex="/models/")
+
+
+@pytest.fixture(scope="module")
+def session(stack: Stack) -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        session.verify = str(stack.ca)
+        yield session
+
+
+def call(case: Any, stack: Stack, session: requests.Session) -> None:
+    case.call_and_validate(
+        base_url=stack.base_url,
+        session=session,
+        headers={"api-key": stack.keys.iris},
+        verify=str(stack.ca),
+    )
+
+
+@any_model.parametrize()
+def test_every_operation_conforms_to_the_document(
+    case: Any, stack: Stack, session: requests.Session
+) -> None:
+    call(case, stack, session)
+
+
+@iris.parametrize()
+def test_scoring_iris_conforms_to_the_document(
+    case: Any, stack: Stack, session: requests.Session
+) -> None:
+    call(case, stack, session)
+
+
+def test_a_real_429_conforms_to_the_document(
+    spawn_gateway: Any, stack: Stack, session: requests.Session, tmp_path: Path
+) -> None:
+    # The shared stack's limits are generous; this gateway allows one request a minute,
+    # so the second answer is a 429 whose headers and body are checked as any other.
+    gateway = spawn_gateway(
+        write_ratelimits(tmp_path / "ratelimits.toml", per_principal="1/minute")
+    )
+    operation = any_model["/v1/models/{model}:predict"]["POST"]
+    statuses = []
+    for _ in range(2):
+        case = operation.Case(
+            path_parameters={"model": "iris"},
+            body={"instances": [[5.1, 3.5, 1.4, 0.2]]},
+            media_type="application/json",
+        )
+        response = case.call_and_validate(
+            base_url=gateway.base_url,
+            session=session,
+            headers={"api-key": stack.keys.iris},
+            verify=str(stack.ca),
+        )
+        statuses.append(response.status_code)
+    assert statuses == [200, 429]
