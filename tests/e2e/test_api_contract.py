@@ -1,7 +1,8 @@
 """The API contract (`gateway/openapi.yaml`) held against the live gateway by schemathesis.
 
-Real TLS (verified against the dev CA), a real scorer, an API key scoped to ``iris``.
-schemathesis generates requests from the document (its examples, boundary cases and
+Real TLS (verified against the dev CA), real scorers: the scikit-learn ``iris`` behind the
+shared stack (key scoped to ``iris``) and the PyTorch ``digits`` CNN behind the torch
+stack (BYTES image tensors, ``{"b64": ...}`` instances). schemathesis generates requests from the document (its examples, boundary cases and
 Hypothesis fuzzing, valid and invalid alike) and checks every answer: no server error,
 a documented status, a documented content type, a body and headers that match the
 document, invalid requests refused, requests without valid credentials refused.
@@ -19,8 +20,12 @@ import schemathesis
 from schemathesis.config import SchemathesisConfig
 
 from tests.conftest import ROOT, Stack, write_ratelimits
+from tests.e2e import test_torch_scoring
+from tests.e2e.test_torch_scoring import TorchStack
 
 pytestmark = pytest.mark.e2e
+# The digits stack of the torch e2e tests (PyTorch scorer behind its own gateway).
+torch_stack = test_torch_scoring.torch_stack
 
 SPEC = ROOT / "gateway" / "openapi.yaml"
 # Bounded and reproducible: the same cases on every run, in well under a minute.
@@ -64,6 +69,20 @@ iris = schemathesis.openapi.from_path(
 ).include(path_regex="/models/")
 
 
+# The inference operations against the digits CNN (PyTorch scorer): BYTES image tensors
+# and {"b64": ...} instances, generated and broken, reach the image decoder.
+digits = schemathesis.openapi.from_path(
+    SPEC,
+    config=SchemathesisConfig.from_dict(
+        {
+            **CONFIG,
+            "generation": {**CONFIG["generation"], "max-examples": MAX_EXAMPLES // 2},
+            "parameters": {"path.model": "digits"},
+        }
+    ),
+).include(path_regex="(infer|predict)$")
+
+
 @pytest.fixture(scope="module")
 def session(stack: Stack) -> Iterator[requests.Session]:
     with requests.Session() as session:
@@ -71,12 +90,9 @@ def session(stack: Stack) -> Iterator[requests.Session]:
         yield session
 
 
-def call(case: Any, stack: Stack, session: requests.Session) -> None:
+def call(case: Any, base_url: str, key: str, stack: Stack, session: requests.Session) -> None:
     case.call_and_validate(
-        base_url=stack.base_url,
-        session=session,
-        headers={"api-key": stack.keys.iris},
-        verify=str(stack.ca),
+        base_url=base_url, session=session, headers={"api-key": key}, verify=str(stack.ca)
     )
 
 
@@ -84,14 +100,21 @@ def call(case: Any, stack: Stack, session: requests.Session) -> None:
 def test_every_operation_conforms_to_the_document(
     case: Any, stack: Stack, session: requests.Session
 ) -> None:
-    call(case, stack, session)
+    call(case, stack.base_url, stack.keys.iris, stack, session)
 
 
 @iris.parametrize()
 def test_scoring_iris_conforms_to_the_document(
     case: Any, stack: Stack, session: requests.Session
 ) -> None:
-    call(case, stack, session)
+    call(case, stack.base_url, stack.keys.iris, stack, session)
+
+
+@digits.parametrize()
+def test_scoring_images_with_digits_conforms_to_the_document(
+    case: Any, torch_stack: TorchStack, stack: Stack, session: requests.Session
+) -> None:
+    call(case, torch_stack.gateway, torch_stack.key, stack, session)
 
 
 def test_a_real_429_conforms_to_the_document(
