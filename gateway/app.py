@@ -35,6 +35,7 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthenticated,
     UnsupportedMediaType,
 )
@@ -401,9 +402,14 @@ def create_app(gw: Gateway) -> Quart:
             mapped = MethodNotAllowed(allowed, reason="method_not_allowed")
         elif exc.code == 413:
             mapped = PayloadTooLarge(reason="body_too_large")
+        elif exc.code == 408:
+            mapped = RequestTimeout(reason="body_timeout")
+        elif exc.code is not None and exc.code >= 500:
+            mapped = InternalError(reason=f"http_{exc.code}")
         else:
+            # Status and code agree, as gateway/openapi.yaml documents them; the audit
+            # reason keeps the status Werkzeug raised.
             mapped = BadRequest(reason=f"http_{exc.code}")
-            mapped.status = exc.code or 400
         return _render_error(mapped)
 
     @app.errorhandler(Exception)

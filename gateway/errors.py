@@ -8,6 +8,7 @@
      ├── NotFound               404  not_found
      │    └── ModelNotFound     404  model_not_found
      ├── MethodNotAllowed       405  method_not_allowed
+     ├── RequestTimeout         408  request_timeout
      ├── PayloadTooLarge        413  payload_too_large
      ├── UnsupportedMediaType   415  unsupported_media_type
      ├── InvalidRequest         422  invalid_request
@@ -73,6 +74,11 @@ class MethodNotAllowed(GatewayError):
         super().__init__(reason=reason)
         # RFC 9110 §15.5.6: a 405 MUST carry Allow, the methods the resource serves.
         self.allowed = tuple(sorted({m.upper() for m in allowed}))
+
+
+class RequestTimeout(GatewayError):
+    status, code = 408, "request_timeout"
+    default_message = "the request body did not arrive in time"
 
 
 class PayloadTooLarge(GatewayError):

@@ -2,10 +2,11 @@
 
 Real TLS (verified against the dev CA), real scorers: the scikit-learn ``iris`` behind the
 shared stack (key scoped to ``iris``) and the PyTorch ``digits`` CNN behind the torch
-stack (BYTES image tensors, ``{"b64": ...}`` instances). schemathesis generates requests from the document (its examples, boundary cases and
-Hypothesis fuzzing, valid and invalid alike) and checks every answer: no server error,
-a documented status, a documented content type, a body and headers that match the
-document, invalid requests refused, requests without valid credentials refused.
+stack (BYTES image tensors, ``{"b64": ...}`` instances). schemathesis generates requests
+from the document (its examples, boundary cases and Hypothesis fuzzing, valid and invalid
+alike) and checks every answer: no server error, a documented status, a documented
+content type, a body and headers that match the document, invalid requests refused,
+requests without valid credentials refused.
 """
 
 from __future__ import annotations

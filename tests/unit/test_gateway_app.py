@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+import werkzeug.exceptions
 from aiohttp import web
 from quart import Quart
 from quart.typing import TestClientProtocol as QuartClient
@@ -379,6 +380,34 @@ async def test_unexpected_exception_is_a_generic_500(
     assert "secret-path" not in text and "RuntimeError" not in text
     assert (await r.get_json())["error"]["code"] == "internal_error"
     assert (await gw.record_for(r.headers["x-request-id"]))["status"] == 500
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "code"),
+    [
+        (werkzeug.exceptions.RequestTimeout, 408, "request_timeout"),
+        (werkzeug.exceptions.BadRequest, 400, "bad_request"),
+        (werkzeug.exceptions.RequestedRangeNotSatisfiable, 400, "bad_request"),
+        (werkzeug.exceptions.InternalServerError, 500, "internal_error"),
+    ],
+)
+async def test_http_layer_errors_get_a_status_and_code_that_agree(
+    gw: GatewayUnderTest,
+    monkeypatch: pytest.MonkeyPatch,
+    raised: type[werkzeug.exceptions.HTTPException],
+    status: int,
+    code: str,
+) -> None:
+    # Quart raises Werkzeug's exceptions (a body slower than BODY_TIMEOUT is a 408): each
+    # becomes one of our documented statuses with its own code, never "bad_request" 408.
+    from gateway import app as app_module
+
+    def fail(*args: object) -> None:
+        raise raised()
+
+    monkeypatch.setattr(app_module, "_count_instances", fail)
+    r = await predict(gw, json={"instances": ROWS})
+    assert (r.status_code, (await r.get_json())["error"]["code"]) == (status, code)
 
 
 async def test_client_address_uses_every_forwarded_for_line(
