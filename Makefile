@@ -14,7 +14,14 @@ CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV    := .venv-checkov
 CHECKOV_STAMP   := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
-.PHONY: install checkov demo test lint format typecheck unit k8s bench-hotpath bench-batching clean
+# sslyze (the TLS scanner of tests/security/test_tls_scan.py) pins cryptography<47, below
+# what the gateway runs on; it gets a virtual environment of its own rather than
+# downgrading ours.
+SSLYZE       ?= sslyze>=6.3.1,<7
+SSLYZE_VENV  := .venv-sslyze
+SSLYZE_STAMP := $(SSLYZE_VENV)/.installed
+
+.PHONY: install checkov sslyze demo test lint format typecheck unit k8s bench-hotpath bench-batching clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scoregate needs Python >= 3.11")'
@@ -24,7 +31,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,torch]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+$(SSLYZE_STAMP):
+	$(PYTHON) -m venv $(SSLYZE_VENV)
+	$(SSLYZE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SSLYZE_VENV)/bin/python -m pip install --quiet '$(SSLYZE)'
+	@touch $(SSLYZE_STAMP)
+
+install: $(STAMP) $(SSLYZE_STAMP)
+
+## make sslyze: only the scanner's own environment (.venv-sslyze).
+sslyze: $(SSLYZE_STAMP)
 
 $(CHECKOV_STAMP):
 	$(PYTHON) -m venv $(CHECKOV_VENV)
@@ -39,7 +55,7 @@ demo: $(STAMP)
 	$(BIN)/scoregate demo $(if $(ONCE),--once)
 
 ## make test: lint, type checks and the whole test suite (starts Redis if none answers).
-test: lint typecheck $(CHECKOV_STAMP)
+test: lint typecheck $(CHECKOV_STAMP) $(SSLYZE_STAMP)
 	bash .ci/ensure-redis
 	$(BIN)/pytest
 
@@ -73,4 +89,4 @@ bench-batching: $(STAMP)
 	$(BIN)/python bench/batching.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(CHECKOV_VENV) $(SSLYZE_VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

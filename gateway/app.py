@@ -38,6 +38,7 @@ from gateway.errors import (
     PayloadTooLarge,
     RequestTimeout,
     Unauthenticated,
+    UnsupportedMediaType,
 )
 from gateway.forward import Forwarder
 from gateway.jwks import JWKSKeys
@@ -54,6 +55,7 @@ log = logging.getLogger("gateway")
 JSON = "application/json"
 _PROBES = frozenset({"live", "ready"})
 _READY_CACHE_S = 2.0
+_JSON_TYPE_NAMES: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
 
 
 @dataclass
@@ -170,6 +172,41 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status=status, content_type=JSON)
 
 
+def _check_members(obj: dict[str, Any], where: str, required: dict[str, type]) -> None:
+    """Members an object must carry, by JSON type; ``parameters`` must be an object if sent."""
+    for name, kind in required.items():
+        if not isinstance(obj.get(name), kind):
+            raise InvalidRequest(
+                f"{where} needs '{name}' as {_JSON_TYPE_NAMES[kind]}", reason="body_invalid"
+            )
+    if "parameters" in obj and not isinstance(obj["parameters"], dict):
+        raise InvalidRequest(f"'parameters' of {where} must be an object", reason="body_invalid")
+
+
+def _check_v2_envelope(body: dict[str, Any], inputs: list[dict[str, Any]]) -> None:
+    """The Open Inference Protocol's request envelope (gateway/openapi.yaml): members the
+    protocol requires, with their JSON types. The scorer judges the tensors themselves
+    (datatype, data against shape, the model's schema); the public contract is checked
+    here, so a malformed envelope never reaches a model server (OWASP REST Security
+    Cheat Sheet: input validation)."""
+    _check_members(body, "the request", {})
+    if "id" in body and not isinstance(body["id"], str):
+        raise InvalidRequest("'id' must be a string", reason="body_invalid")
+    for tensor in inputs:
+        _check_members(tensor, "each input", {"name": str, "datatype": str, "data": list})
+    if "outputs" not in body:
+        return  # the model's default output
+    outputs = body["outputs"]
+    if (
+        not isinstance(outputs, list)
+        or not outputs
+        or not all(isinstance(o, dict) for o in outputs)
+    ):
+        raise InvalidRequest("'outputs' must be a non-empty list of objects", reason="body_invalid")
+    for output in outputs:
+        _check_members(output, "each output", {"name": str})
+
+
 def _count_instances(body: Any, kind: str) -> int:
     """Instances in a v2 or v1 body; the cheap structural check the gateway owns."""
     if not isinstance(body, dict):
@@ -196,6 +233,7 @@ def _count_instances(body: Any, kind: str) -> int:
                 reason="body_invalid",
             )
         batch = max(batch, shape[0])
+    _check_v2_envelope(body, inputs)
     # The cost is the largest batch any input declares; the scorer checks the data
     # against the shapes, so a request cannot carry more than it is charged for.
     return batch
@@ -203,7 +241,8 @@ def _count_instances(body: Any, kind: str) -> int:
 
 def create_app(gw: Gateway) -> Quart:
     settings = gw.settings
-    app = Quart("gateway")
+    # No static route: only the health and model routes are on the public listener.
+    app = Quart("gateway", static_folder=None)
     # Quart rejects bodies over this with 413 while reading (Hypercorn/Quart DoS notes).
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = settings.body_timeout_s
@@ -219,6 +258,9 @@ def create_app(gw: Gateway) -> Quart:
         "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
         "X-Frame-Options": "DENY",
         "Referrer-Policy": "no-referrer",
+        # OWASP Secure Headers: no other origin may load these responses as a resource
+        # (no-cors requests, Spectre-style reads); API clients are not browsers anyway.
+        "Cross-Origin-Resource-Policy": "same-origin",
     }
 
     @app.before_serving
@@ -349,6 +391,8 @@ def create_app(gw: Gateway) -> Quart:
         )
         if isinstance(exc, RateLimited | CircuitOpen):
             response.headers.update(exc.headers)
+        if isinstance(exc, MethodNotAllowed) and exc.allowed:
+            response.headers["Allow"] = ", ".join(exc.allowed)
         if exc.status == 401:
             # RFC 9110 §11.6.1: a 401 names the scheme the client should use.
             response.headers["WWW-Authenticate"] = (
@@ -366,16 +410,20 @@ def create_app(gw: Gateway) -> Quart:
         if exc.code == 404:
             mapped = NotFound(reason="route_unknown")
         elif exc.code == 405:
-            mapped = MethodNotAllowed(reason="method_not_allowed")
+            allowed = getattr(exc, "valid_methods", None) or ()
+            mapped = MethodNotAllowed(allowed, reason="method_not_allowed")
         elif exc.code == 413:
             mapped = PayloadTooLarge(reason="body_too_large")
         elif exc.code == 408:
             # Quart's BODY_TIMEOUT: a slow body (slowloris on the body) is cut off.
             g.close_connection = True
             mapped = RequestTimeout(reason="body_timeout")
+        elif exc.code is not None and exc.code >= 500:
+            mapped = InternalError(reason=f"http_{exc.code}")
         else:
+            # Status and code agree, as gateway/openapi.yaml documents them; the audit
+            # reason keeps the status Werkzeug raised.
             mapped = BadRequest(reason=f"http_{exc.code}")
-            mapped.status = exc.code or 400
         return _render_error(mapped)
 
     @app.errorhandler(Exception)
@@ -431,6 +479,10 @@ def create_app(gw: Gateway) -> Quart:
 
     async def score(model: str, kind: str, path: str) -> Response:
         route = await admit(model)
+        if request.mimetype != JSON:
+            # OWASP REST Security: refuse a body whose declared type we do not accept
+            # (415), rather than parse it as JSON whatever it claims to be.
+            raise UnsupportedMediaType(reason="content_type_not_json")
         body = await read_body()
         g.payload_sha256 = hashlib.sha256(body).hexdigest()
         try:

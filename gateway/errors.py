@@ -10,6 +10,7 @@
      ├── MethodNotAllowed       405  method_not_allowed
      ├── RequestTimeout         408  request_timeout   (the body did not arrive in time)
      ├── PayloadTooLarge        413  payload_too_large
+     ├── UnsupportedMediaType   415  unsupported_media_type
      ├── InvalidRequest         422  invalid_request
      ├── BadUpstream            502  bad_upstream
      ├── Unavailable            503  unavailable
@@ -24,6 +25,8 @@ the client sees (a revoked and an unknown key both answer 401 "unauthenticated")
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 class GatewayError(Exception):
@@ -67,9 +70,24 @@ class ModelNotFound(NotFound):
 class MethodNotAllowed(GatewayError):
     status, code, default_message = 405, "method_not_allowed", "method not allowed"
 
+    def __init__(self, allowed: Iterable[str] = (), *, reason: str | None = None) -> None:
+        super().__init__(reason=reason)
+        # RFC 9110 §15.5.6: a 405 MUST carry Allow, the methods the resource serves.
+        self.allowed = tuple(sorted({m.upper() for m in allowed}))
+
+
+class RequestTimeout(GatewayError):
+    status, code = 408, "request_timeout"
+    default_message = "the request body did not arrive in time"
+
 
 class PayloadTooLarge(GatewayError):
     status, code, default_message = 413, "payload_too_large", "request too large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status, code = 415, "unsupported_media_type"
+    default_message = "the body must be application/json"
 
 
 class InvalidRequest(GatewayError):

@@ -23,6 +23,14 @@ INTERMEDIATE_CIPHERS = ":".join(
     ]
 )
 ALPN = ["h2", "http/1.1"]
+# The one key-exchange group we offer. Mozilla's list (both profiles) is X25519, P-256,
+# P-384, but Python's `ssl` (3.11) sets one group at most (`set_ecdh_curve`), and
+# OpenSSL's default list adds X448, P-521 and the FFDHE groups, which sslyze's Mozilla check
+# rejects. P-256 is the group every TLS 1.3 client must support (RFC 8446 §9.1) and
+# the one the intermediate profile's oldest clients have (RFC 8422); it is also our
+# certificate's curve. The price: a client whose first key share is X25519 gets a
+# HelloRetryRequest, one more round trip on a new TLS 1.3 connection only.
+KEY_EXCHANGE_GROUP = "prime256v1"
 
 
 def server_context(
@@ -38,6 +46,7 @@ def server_context(
     # deprecated by RFC 8996.
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if profile == "modern" else ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(INTERMEDIATE_CIPHERS)
+    ctx.set_ecdh_curve(KEY_EXCHANGE_GROUP)
     # No TLS compression (CRIME; RFC 7540 §9.2.1 forbids it for HTTP/2), no
     # renegotiation (OpenSSL >= 1.1 always uses fresh ECDH keys); no stateless tickets, as
     # Mozilla advises (a long-lived ticket key undermines forward secrecy): OpenSSL then

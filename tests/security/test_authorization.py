@@ -70,7 +70,17 @@ def test_upstream_address_never_comes_from_the_request(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/metrics", "/docs", "/openapi.json", "/admin", "/v2/repository/index", "/debug"]
+    "path",
+    [
+        "/metrics",
+        "/docs",
+        "/openapi.json",
+        "/openapi.yaml",
+        "/static/openapi.yaml",
+        "/admin",
+        "/v2/repository/index",
+        "/debug",
+    ],
 )
 def test_admin_metrics_and_docs_are_not_on_the_public_listener(stack: Stack, path: str) -> None:
     with stack.client() as client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import warnings
@@ -139,24 +140,58 @@ def raw_exchange(stack: Stack, request: bytes, read_limit: int = 65536) -> bytes
         return b"".join(chunks)
 
 
+# OWASP Secure Headers Project and REST Security Cheat Sheet ("security headers" for
+# API responses), RFC 6797 for HSTS: the same set on every answer, errors included.
+SECURITY_HEADERS = {
+    "strict-transport-security": "max-age=63072000; includeSubDomains",
+    "x-content-type-options": "nosniff",
+    "cache-control": "no-store",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cross-origin-resource-policy": "same-origin",
+    "content-type": "application/json",
+}
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "h2"])
 @pytest.mark.parametrize(
-    ("method", "path", "headers"),
+    ("method", "path", "key", "body", "status"),
     [
-        ("GET", "/v2/health/live", {}),
-        ("POST", "/v1/models/iris:predict", {}),  # 401
-        ("GET", "/nowhere", {}),  # 404
-        ("POST", "/v1/models/iris:predict", {"api-key": "wrong"}),
+        ("GET", "/v2/health/live", None, None, 200),
+        ("GET", "/v2/health/ready", None, None, 200),
+        ("POST", "/v1/models/iris:predict", "iris", {"instances": ROWS}, 200),
+        ("GET", "/v2/health/live?token=x", None, None, 400),
+        ("POST", "/v1/models/iris:predict", None, {"instances": ROWS}, 401),
+        ("POST", "/v1/models/iris:predict", "wrong", {"instances": ROWS}, 401),
+        ("POST", "/v1/models/iris-copy:predict", "iris", {"instances": ROWS}, 403),
+        ("GET", "/nowhere", None, None, 404),
+        ("GET", "/v2/models/nope", "iris", None, 404),
+        ("DELETE", "/v2/models/iris", "iris", None, 405),
+        ("POST", "/v1/models/iris:predict", "iris", {"instances": ROWS * 9}, 413),
+        ("POST", "/v1/models/iris:predict", "iris", b"[]", 415),
+        ("POST", "/v1/models/iris:predict", "iris", {"instances": [[1.0]]}, 422),
     ],
 )
 def test_hsts_and_security_headers_on_every_response(
-    stack: Stack, method: str, path: str, headers: dict[str, str]
+    stack: Stack,
+    http2: bool,
+    method: str,
+    path: str,
+    key: str | None,
+    body: object,
+    status: int,
 ) -> None:
-    with stack.client() as client:
-        r = client.request(method, path, headers=headers, json={"instances": ROWS})
-    assert r.headers["strict-transport-security"] == "max-age=63072000; includeSubDomains"
-    assert r.headers["x-content-type-options"] == "nosniff"
-    assert r.headers["cache-control"] == "no-store"
-    assert r.headers["content-type"] == "application/json"
+    headers = {"api-key": stack.keys.iris if key == "iris" else key} if key else {}
+    with stack.client(http2=http2) as client:
+        if isinstance(body, bytes):  # sent without a JSON content type
+            r = client.request(method, path, headers=headers, content=body)
+        else:
+            r = client.request(method, path, headers=headers, json=body)
+    assert r.status_code == status
+    assert {name: r.headers.get(name) for name in SECURITY_HEADERS} == SECURITY_HEADERS
+    assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
+    assert "server" not in r.headers
 
 
 def test_no_server_header_naming_the_software(stack: Stack) -> None:
@@ -226,7 +261,9 @@ def test_errors_never_carry_stack_traces(stack: Stack) -> None:
     with stack.client() as client:
         for r in (
             client.post(
-                "/v1/models/iris:predict", content=b"\xff\xfe", headers={"api-key": stack.keys.iris}
+                "/v1/models/iris:predict",
+                content=b"\xff\xfe",
+                headers={"api-key": stack.keys.iris, "content-type": "application/json"},
             ),
             client.post(
                 "/v2/models/iris/infer",

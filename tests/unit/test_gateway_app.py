@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+import werkzeug.exceptions
 from aiohttp import web
 from quart import Quart
 from quart.typing import TestClientProtocol as QuartClient
@@ -277,6 +278,96 @@ async def test_options_is_405_not_an_automatic_answer(gw: GatewayUnderTest) -> N
     assert (r.status_code, (await r.get_json())["error"]["code"]) == (405, "method_not_allowed")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/v1/models/iris:predict", "POST"),
+        ("PUT", "/v2/models/iris/infer", "POST"),
+        ("POST", "/v2/models/iris", "GET, HEAD"),
+        ("TRACE", "/v2/health/live", "GET, HEAD"),
+        ("OPTIONS", "/v2/health/ready", "GET, HEAD"),
+    ],
+)
+async def test_405_names_the_methods_the_path_serves(
+    gw: GatewayUnderTest, method: str, path: str, allowed: str
+) -> None:
+    # RFC 9110 §15.5.6: the origin server MUST send Allow with a 405.
+    r = await gw.client.open(path, method=method, headers={"api-key": gw.key})
+    assert (r.status_code, (await r.get_json())["error"]["code"]) == (405, "method_not_allowed")
+    assert r.headers["allow"] == allowed
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+async def test_a_body_not_declared_as_json_is_415_and_never_forwarded(
+    gw: GatewayUnderTest, upstream: Upstream, content_type: str | None
+) -> None:
+    headers = {"api-key": gw.key} | ({"content-type": content_type} if content_type else {})
+    r = await gw.client.post(
+        "/v1/models/iris:predict", data=orjson.dumps({"instances": ROWS}), headers=headers
+    )
+    assert (r.status_code, (await r.get_json())["error"]["code"]) == (
+        415,
+        "unsupported_media_type",
+    )
+    assert [s for s in upstream.seen if "predict" in s["path"]] == []
+    assert (await gw.record_for(r.headers["x-request-id"]))["reason"] == "content_type_not_json"
+
+
+async def test_json_with_a_charset_parameter_is_accepted(
+    gw: GatewayUnderTest, upstream: Upstream
+) -> None:
+    r = await gw.client.post(
+        "/v1/models/iris:predict",
+        data=orjson.dumps({"instances": ROWS}),
+        headers={"api-key": gw.key, "content-type": "application/json; charset=utf-8"},
+    )
+    assert r.status_code == 200
+
+
+TENSOR = {"name": "m", "shape": [1, 4], "datatype": "FP64", "data": [0.0] * 4}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"inputs": [{k: v for k, v in TENSOR.items() if k != "name"}]},
+        {"inputs": [TENSOR | {"name": 7}]},
+        {"inputs": [{k: v for k, v in TENSOR.items() if k != "datatype"}]},
+        {"inputs": [TENSOR | {"datatype": ["FP64"]}]},
+        {"inputs": [{k: v for k, v in TENSOR.items() if k != "data"}]},
+        {"inputs": [TENSOR | {"data": "0,0,0,0"}]},
+        {"inputs": [TENSOR | {"parameters": "x"}]},
+        {"inputs": [TENSOR], "id": 5},
+        {"inputs": [TENSOR], "parameters": []},
+        {"inputs": [TENSOR], "outputs": []},
+        {"inputs": [TENSOR], "outputs": None},
+        {"inputs": [TENSOR], "outputs": {"name": "predict"}},
+        {"inputs": [TENSOR], "outputs": [{"name": 1}]},
+        {"inputs": [TENSOR], "outputs": [{"name": "predict", "parameters": 1}]},
+    ],
+)
+async def test_v2_envelope_that_breaks_the_protocol_is_422_and_never_forwarded(
+    gw: GatewayUnderTest, upstream: Upstream, body: dict[str, Any]
+) -> None:
+    r = await gw.client.post("/v2/models/iris/infer", json=body, headers={"api-key": gw.key})
+    assert (r.status_code, (await r.get_json())["error"]["code"]) == (422, "invalid_request")
+    assert [s for s in upstream.seen if "infer" in s["path"]] == []
+
+
+async def test_v2_envelope_as_the_protocol_writes_it_is_forwarded(
+    gw: GatewayUnderTest, upstream: Upstream
+) -> None:
+    body = {
+        "id": "r-1",
+        "parameters": {},
+        "inputs": [TENSOR | {"parameters": {}}],
+        "outputs": [{"name": "predict", "parameters": {}}],
+    }
+    r = await gw.client.post("/v2/models/iris/infer", json=body, headers={"api-key": gw.key})
+    assert r.status_code == 200
+    assert orjson.loads(upstream.seen[-1]["body"]) == body
+
+
 async def test_unexpected_exception_is_a_generic_500(
     gw: GatewayUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -292,6 +383,34 @@ async def test_unexpected_exception_is_a_generic_500(
     assert "secret-path" not in text and "RuntimeError" not in text
     assert (await r.get_json())["error"]["code"] == "internal_error"
     assert (await gw.record_for(r.headers["x-request-id"]))["status"] == 500
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "code"),
+    [
+        (werkzeug.exceptions.RequestTimeout, 408, "request_timeout"),
+        (werkzeug.exceptions.BadRequest, 400, "bad_request"),
+        (werkzeug.exceptions.RequestedRangeNotSatisfiable, 400, "bad_request"),
+        (werkzeug.exceptions.InternalServerError, 500, "internal_error"),
+    ],
+)
+async def test_http_layer_errors_get_a_status_and_code_that_agree(
+    gw: GatewayUnderTest,
+    monkeypatch: pytest.MonkeyPatch,
+    raised: type[werkzeug.exceptions.HTTPException],
+    status: int,
+    code: str,
+) -> None:
+    # Quart raises Werkzeug's exceptions (a body slower than BODY_TIMEOUT is a 408): each
+    # becomes one of our documented statuses with its own code, never "bad_request" 408.
+    from gateway import app as app_module
+
+    def fail(*args: object) -> None:
+        raise raised()
+
+    monkeypatch.setattr(app_module, "_count_instances", fail)
+    r = await predict(gw, json={"instances": ROWS})
+    assert (r.status_code, (await r.get_json())["error"]["code"]) == (status, code)
 
 
 async def test_client_address_uses_every_forwarded_for_line(
