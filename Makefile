@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format typecheck unit bench-hotpath bench-batching clean
+.PHONY: install demo test lint format typecheck unit bench bench-hotpath bench-batching bench-profile clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scoregate needs Python >= 3.11")'
@@ -44,6 +44,18 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	bash .ci/ensure-redis
 	$(BIN)/pytest tests/unit tests/security -m 'not e2e'
+
+## make bench [BENCH_ARGS="--quick" | "--soak 120"]: B1-B8 of BENCHMARKS.md beside HAProxy, MLServer, Flask.
+bench: $(STAMP)
+	bash bench/ensure-tools
+	bash .ci/ensure-redis
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+## make bench-profile: py-spy profile of the gateway under wrk load (var/bench/profile/).
+bench-profile: $(STAMP)
+	bash bench/ensure-tools
+	$(BIN)/python -m pip --version >/dev/null && { test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet py-spy; }
+	$(BIN)/python bench/profile.py $(PROFILE_ARGS)
 
 ## make bench-hotpath: µs per request of auth, rate limit (memory vs Redis) and audit.
 bench-hotpath: $(STAMP)
