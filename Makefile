@@ -55,7 +55,7 @@ bench: $(STAMP)
 bench-profile: $(STAMP)
 	bash bench/ensure-tools
 	$(BIN)/python -m pip --version >/dev/null && { test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet py-spy; }
-	$(BIN)/python bench/profile.py $(PROFILE_ARGS)
+	$(BIN)/python bench/profile_gateway.py $(PROFILE_ARGS)
 
 ## make bench-hotpath: µs per request of auth, rate limit (memory vs Redis) and audit.
 bench-hotpath: $(STAMP)

@@ -416,13 +416,18 @@ def _cpu_us(runs: list[Run], target: str, server: str, connections: int = 16) ->
     return sum(r.cpu_s.get(server, 0.0) for r in chosen) / requests * 1e6
 
 
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def _figure(value: float | None, unit: str, what: str, **detail: Any) -> dict[str, Any]:
-    return {
-        "value": None if value is None else round(value, 3),
-        "unit": unit,
-        "what": what,
-        **detail,
-    }
+    return dict(_rounded({"value": value, "unit": unit, "what": what, **detail}))
 
 
 def figures(
@@ -747,6 +752,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     print(json.dumps(result, ensure_ascii=False))
     failed = any(r.errors for r in runs + hey_runs) or not audit["verified"]
+    # A figure that could not be measured (Redis away for B8, B6's run failing) fails too.
+    failed |= any("error" in fig for fig in result["figures"].values())
     if soaked is not None and soaked["errors"]:
         failed = True
     return 1 if failed else 0

@@ -1,6 +1,6 @@
 """`make bench-profile`: where the gateway's CPU goes under load, sampled by py-spy.
 
-    python bench/profile.py [--seconds 20] [--connections 16] [--credential jwt|api-key]
+    python bench/profile_gateway.py [--seconds 20] [--connections 16] [--credential jwt|api-key]
 
 Starts the same stack as `make bench` (scorer, gateway with TLS, RS256 JWT and API key,
 rate limits and file audit; no peers), drives the gateway with wrk, and records the
