@@ -59,6 +59,39 @@ LIBRARIES = (
 )
 
 
+FORWARDING = "forwarding to the scorer (aiohttp)"
+# Step of the request path a sample belongs to: the innermost of these functions on its
+# stack (first match from the leaf up); samples with none are the event loop's own time.
+PHASES = (
+    ("AuditTrail.run", "audit writer (background: seal, chain, write in a thread)"),
+    ("KeyRing.run", "key refresh (background)"),
+    ("Forwarder.send", FORWARDING),
+    ("Limiter.", "rate limits (limits, memory://)"),
+    ("JWTValidator.", "authentication (JWT)"),
+    ("authenticate", "authentication"),
+    ("record_audit", "audit record (build and queue)"),
+    ("create_app.<locals>.", "gateway request hooks and handlers (own code)"),
+    ("Quart.", "Quart/Werkzeug request handling"),
+    ("ASGIHTTPConnection.", "Quart/Werkzeug request handling"),
+    ("TCPServer.protocol_send", "Hypercorn: response bytes to the socket (TLS write, send)"),
+    ("H11Protocol.", "Hypercorn: HTTP/1.1 protocol (h11)"),
+    ("HTTPStream.", "Hypercorn: HTTP/1.1 protocol (h11)"),
+    ("TCPServer.", "Hypercorn: connection reads and timers (TLS read, recv)"),
+    ("_worker (concurrent", "thread pool (audit file writes)"),
+)
+
+
+def phase(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for marker, name in PHASES:
+            if frame.startswith(marker):
+                return name
+    # aiohttp writes the request in a task of its own, and parses responses in callbacks.
+    if any("(aiohttp/" in frame for frame in frames):
+        return FORWARDING
+    return "event loop itself (uvloop: polling, TLS, callbacks)"
+
+
 def library(function: str) -> str:
     file = function.rpartition(" (")[2].rstrip(")")
     for prefix, name in LIBRARIES:
@@ -96,7 +129,9 @@ def summarise(stacks: list[tuple[list[str], float]], top: int) -> dict[str, obje
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     libraries: Counter[str] = Counter()
+    phases: Counter[str] = Counter()
     for frames, n in stacks:
+        phases[phase(frames)] += n
         leaf = frames[-1]
         own[leaf] += n
         libraries[library(leaf)] += n
@@ -113,7 +148,21 @@ def summarise(stacks: list[tuple[list[str], float]], top: int) -> dict[str, obje
             (k, s) for k, s in shares(Counter(dict(inclusive.most_common(top * 4)))) if s < 99.5
         ][:top],
         "libraries": shares(libraries),
+        "phases": shares(phases),
     }
+
+
+def thread_ticks(pid: int) -> dict[str, int]:
+    """utime + stime (clock ticks) of each thread of ``pid``, by "name/tid"."""
+    ticks = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks[f"{name}/{task.name}"] = int(fields[11]) + int(fields[12])
+    return ticks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--credential", choices=("jwt", "api-key"), default="jwt")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="also sample C/Cython frames (uvloop, OpenSSL); py-spy then pauses the process "
+        "for each sample, which slows it more",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "profile")
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -141,13 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         loader.start()
         common = ["--pid", pid, "--duration", str(args.seconds), "--rate", str(args.rate)]
-        common += ["--nonblocking"]
+        common += ["--native"] if args.native else ["--nonblocking"]
         profile = args.out / "gateway.speedscope.json"
+        before = thread_ticks(int(pid))
         subprocess.run(  # noqa: S603 - fixed arguments
             [spy, "record", *common, "--format", "speedscope", "-o", str(profile)],
             check=True,
             capture_output=True,
         )
+        after = thread_ticks(int(pid))
         loader.join()
     finally:
         stop(list(stack.servers.values()))
@@ -158,12 +215,22 @@ def main(argv: list[str] | None = None) -> int:
         "connections": args.connections,
         "credential": args.credential,
     }
+    # Per-thread CPU from /proc over the sampled window: exact, unlike sampled "idle" guesses.
+    spent = {t: after[t] - before.get(t, 0) for t in after}
+    all_ticks = sum(spent.values()) or 1
+    summary["threads_cpu_share"] = [
+        (t, round(100 * n / all_ticks, 1)) for t, n in Counter(spent).most_common(8) if n
+    ]
     (args.out / "gateway-top.json").write_text(json.dumps(summary, indent=2))
     lines = [f"gateway under wrk -c{args.connections} ({args.credential}): {summary['load']}"]
     lines.append(
         f"{summary['cpu_seconds_sampled']} s of CPU samples; share by library (innermost frame):"
     )
     lines += [f"  {share:5.1f}%  {name}" for name, share in summary["libraries"]]  # type: ignore[attr-defined]
+    lines.append("share of the process's CPU by thread (/proc/<pid>/task, same window):")
+    lines += [f"  {share:5.1f}%  {name}" for name, share in summary["threads_cpu_share"]]  # type: ignore[attr-defined]
+    lines.append("share by step of the request path (innermost step on the stack):")
+    lines += [f"  {share:5.1f}%  {name}" for name, share in summary["phases"]]  # type: ignore[attr-defined]
     lines.append("top frames by self share:")
     lines += [f"  {share:5.1f}%  {name}" for name, share in summary["self"]]  # type: ignore[attr-defined]
     lines.append("top frames by inclusive share:")

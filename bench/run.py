@@ -664,9 +664,9 @@ def report(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="each measured run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="discarded run before each")
+    parser.add_argument("--warmup", type=float, default=1.0, help="discarded run before each")
     parser.add_argument("--reps", type=int, default=2, help="interleaved repetitions")
-    parser.add_argument("--hey-seconds", type=float, default=5.0)
+    parser.add_argument("--hey-seconds", type=float, default=4.0)
     parser.add_argument(
         "--soak",
         type=float,
