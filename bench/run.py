@@ -82,11 +82,6 @@ class Run:
     cpu_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
 
-    def cpu_us_per_request(self, server: str) -> float | None:
-        if not self.requests or server not in self.cpu_s:
-            return None
-        return self.cpu_s[server] / self.requests * 1e6
-
 
 def _run(result: LoadResult, rep: int, cpu: dict[str, float], rss: dict[str, int]) -> Run:
     return Run(
@@ -368,12 +363,11 @@ def _per_call_us(fn: Callable[[], object], n: int) -> float:
     return statistics.median(runs)
 
 
-def batching_figures(work: Path, quick: bool) -> dict[str, Any]:
+def batching_figures(work: Path) -> dict[str, Any]:
+    """B6, short: the digits CNN at concurrencies 1 and 32, 3 s each (bench/batching.py)."""
     out = work / "batching.json"
     args = [sys.executable, str(ROOT / "bench" / "batching.py"), "--json", str(out)]
-    args += (
-        ["--quick"] if quick else ["--models", "digits", "--concurrency", "1,32", "--seconds", "3"]
-    )
+    args += ["--models", "digits", "--concurrency", "1,32", "--seconds", "3"]
     run = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)  # noqa: S603
     if run.returncode != 0 or not out.exists():
         return {"error": (run.stdout + run.stderr)[-1500:]}
@@ -441,8 +435,8 @@ def figures(
     def mean(values: list[float]) -> float | None:
         return statistics.fmean(values) if values else None
 
-    def rps_ratio(a: str, b: str, pool: list[Run] = runs) -> list[float]:
-        return [round(v, 3) for v in _per_rep(pool, a, b, 16, lambda x, y: x.rps / y.rps)]
+    def rps_ratio(a: str, b: str) -> list[float]:
+        return [round(v, 3) for v in _per_rep(runs, a, b, 16, lambda x, y: x.rps / y.rps)]
 
     def added(a: str) -> list[float]:
         return [
@@ -721,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     batching = None
     if not args.no_batching:
         say("dynamic batching (B6), short")
-        batching = batching_figures(args.work, quick=False)
+        batching = batching_figures(args.work)
     result: dict[str, Any] = {
         "bench": "scoregate",
         "started": started_at.isoformat(timespec="seconds"),
