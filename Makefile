@@ -21,7 +21,7 @@ SSLYZE       ?= sslyze>=6.3.1,<7
 SSLYZE_VENV  := .venv-sslyze
 SSLYZE_STAMP := $(SSLYZE_VENV)/.installed
 
-.PHONY: install checkov sslyze demo test lint format typecheck unit k8s bench-hotpath bench-batching clean
+.PHONY: install checkov sslyze demo test lint format typecheck unit k8s bench bench-hotpath bench-batching bench-profile clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scoregate needs Python >= 3.11")'
@@ -78,6 +78,18 @@ unit: $(STAMP)
 ## shellcheck, the NetworkPolicy reachability matrix).
 k8s: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/pytest tests/k8s
+
+## make bench [BENCH_ARGS="--quick" | "--soak 120"]: B1-B8 of BENCHMARKS.md beside HAProxy, MLServer, Flask.
+bench: $(STAMP)
+	bash bench/ensure-tools
+	bash .ci/ensure-redis
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+## make bench-profile: py-spy profile of the gateway under wrk load (var/bench/profile/).
+bench-profile: $(STAMP)
+	bash bench/ensure-tools
+	$(BIN)/python -m pip --version >/dev/null && { test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet py-spy; }
+	$(BIN)/python bench/profile_gateway.py $(PROFILE_ARGS)
 
 ## make bench-hotpath: µs per request of auth, rate limit (memory vs Redis) and audit.
 bench-hotpath: $(STAMP)
