@@ -94,11 +94,6 @@ class InvalidRequest(GatewayError):
     status, code, default_message = 422, "invalid_request", "the request body is invalid"
 
 
-class RequestTimeout(GatewayError):
-    status, code = 408, "request_timeout"
-    default_message = "the request body did not arrive in time"
-
-
 class BadUpstream(GatewayError):
     status, code, default_message = 502, "bad_upstream", "the model server gave an invalid answer"
 
