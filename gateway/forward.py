@@ -12,6 +12,7 @@ prototype (BENCHMARKS.md). Rules enforced here (OWASP API10, unsafe consumption 
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 import aiohttp
@@ -40,8 +41,9 @@ class UpstreamResponse:
 
 
 class Forwarder:
-    def __init__(self, *, max_response_bytes: int) -> None:
+    def __init__(self, *, max_response_bytes: int, tls: ssl.SSLContext | None = None) -> None:
         self._max = max_response_bytes
+        self._tls = tls
         self._session: aiohttp.ClientSession | None = None
         self.breakers: dict[str, CircuitBreaker] = {}
 
@@ -56,7 +58,13 @@ class Forwarder:
         return found
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30, ttl_dns_cache=30)
+        connector = aiohttp.TCPConnector(
+            limit=256,
+            keepalive_timeout=30,
+            ttl_dns_cache=30,
+            # https:// scorers: our context (CA, client certificate), else system trust.
+            ssl=self._tls if self._tls is not None else True,
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             # The gateway decides what reaches the scorer: no cookies kept or sent.

@@ -73,7 +73,12 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         jwt=validator,
         routes=routes,
         access=AccessPolicy.load(settings.access_policy_file, routes),
-        forwarder=Forwarder(max_response_bytes=settings.max_response_bytes),
+        forwarder=Forwarder(
+            max_response_bytes=settings.max_response_bytes,
+            tls=tls.upstream_context(
+                settings.upstream_ca, settings.upstream_client_cert, settings.upstream_client_key
+            ),
+        ),
         limiter=Limiter(
             limits, settings.rate_limit_storage, settings.rate_limit_on_storage_failure
         ),

@@ -44,6 +44,12 @@ class GatewaySettings(BaseSettings):
     max_response_bytes: int = Field(default=8 * MIB, ge=1)
     trusted_proxy_hops: int = Field(default=0, ge=0, le=5)
 
+    # TLS to the scorers (routes with https:// URLs): the CA that signs their certificates,
+    # and the gateway's own client certificate where they require mutual TLS.
+    upstream_ca: Path | None = None
+    upstream_client_cert: Path | None = None
+    upstream_client_key: Path | None = None
+
     # Policies.
     routes_file: Path = REPO_ROOT / "policies" / "routes.toml"
     access_policy_file: Path = REPO_ROOT / "policies" / "access.toml"

@@ -67,3 +67,20 @@ def client_context(ca: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
+
+
+def upstream_context(
+    ca: Path | None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext | None:
+    """The context for https:// scorers: trust ``ca``, present ``cert`` for mutual TLS.
+
+    TLS 1.3 only, since both ends are ours; hostname checks stay on (the scorer's
+    certificate names its Service). None when nothing is configured (system trust).
+    """
+    if ca is None and cert is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key) if key else None)
+    return ctx

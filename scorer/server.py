@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -26,8 +27,37 @@ def load_models(settings: ScorerSettings) -> dict[str, Runtime]:
     }
 
 
+class _TLSConfig(Config):
+    """Hypercorn with our own TLS context (its own would overwrite our options)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__()
+        self._context = context
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self._context
+
+
+def server_context(settings: ScorerSettings) -> ssl.SSLContext:
+    """TLS 1.3 only (both ends are ours); with a client CA, client certificates required."""
+    assert settings.tls_cert is not None and settings.tls_key is not None  # noqa: S101
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    if settings.tls_client_ca is not None:
+        # Mutual TLS: no certificate, or one from another CA, fails the handshake.
+        context.load_verify_locations(str(settings.tls_client_ca))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def hypercorn_config(settings: ScorerSettings) -> Config:
-    config = Config()
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        config: Config = _TLSConfig(server_context(settings))
+        # Hypercorn serves TLS only when these are set; the files are those in our context.
+        config.certfile, config.keyfile = str(settings.tls_cert), str(settings.tls_key)
+    else:
+        config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.include_server_header = False
     config.keep_alive_timeout = settings.keep_alive_timeout_s

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KIB = 1024
@@ -24,5 +24,18 @@ class ScorerSettings(BaseSettings):
     port: int = Field(default=9001, ge=1, le=65535)
     max_body_bytes: int = Field(default=4 * MIB, ge=1)
     keep_alive_timeout_s: float = Field(default=75.0, gt=0)
+    # TLS for the gateway → scorer hop (optional); with tls_client_ca, mutual TLS: only
+    # clients with a certificate from that CA (the gateway's) complete the handshake.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     log_level: str = "WARNING"
     log_format: Literal["json", "text"] = "json"
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ScorerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self

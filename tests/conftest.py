@@ -117,10 +117,9 @@ def write_routes(
     models: tuple[str, ...] = ("iris", "iris-copy"),
     **upstream: float,
 ) -> Path:
-    extra = "".join(f"{key} = {value}\n" for key, value in upstream.items())
-    lines = [
-        f'[upstreams.cpu]\nurl = "{scorer_url}"\ntimeout_s = 2.0\nconnect_timeout_s = 0.5\n{extra}'
-    ]
+    settings = {"timeout_s": 2.0, "connect_timeout_s": 0.5, **upstream}
+    extra = "".join(f"{key} = {value}\n" for key, value in settings.items())
+    lines = [f'[upstreams.cpu]\nurl = "{scorer_url}"\n{extra}']
     lines += [f'[models."{m}"]\nupstream = "cpu"\nmax_instances = 8\n' for m in models]
     path.write_text("\n".join(lines))
     return path

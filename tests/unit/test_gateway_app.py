@@ -192,12 +192,20 @@ async def test_upstream_faults_map_to_gateway_statuses(
     gw: GatewayUnderTest, upstream: Upstream, mode: str, status: int, code: str
 ) -> None:
     upstream.mode = mode
+    started = time.monotonic()
     r = await predict(gw, json={"instances": ROWS})
+    elapsed = time.monotonic() - started
     body = await r.get_json()
     assert (r.status_code, body["error"]["code"]) == (status, code)
     assert "Traceback" not in str(body)
     if mode == "redirect":
         assert all("meta-data" not in s["path"] for s in upstream.seen)  # never followed
+    if mode == "slow":
+        assert 1.8 < elapsed < 4.0  # at the route's 2 s timeout, not the scorer's 5 s
+    # The gateway stays healthy throughout: alive, and serving once the scorer behaves.
+    assert (await gw.client.get("/v2/health/live")).status_code == 200
+    upstream.mode = "ok"
+    assert (await predict(gw, json={"instances": ROWS})).status_code == 200
 
 
 async def test_scorer_down_is_503_fast(tmp_path: Path) -> None:
