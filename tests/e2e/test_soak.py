@@ -38,6 +38,8 @@ def rss_mib(pid: int) -> float:
 def test_soak_at_saturation_zero_5xx_every_request_audited_memory_flat(
     stack: Stack, spawn_gateway: Any, tmp_path: Path
 ) -> None:
+    # The key first: the gateway loads it at start, so no request races its refresh.
+    key, subject = asyncio.run(new_key(stack.state / "secrets.json"))
     gateway = spawn_gateway(
         write_ratelimits(
             tmp_path / "ratelimits.toml",
@@ -45,7 +47,6 @@ def test_soak_at_saturation_zero_5xx_every_request_audited_memory_flat(
             per_address="1000000/second",
         )
     )
-    key, subject = asyncio.run(new_key(stack.state / "secrets.json"))
     statuses: Counter[int] = Counter()
     memory: list[tuple[float, float]] = []
 
