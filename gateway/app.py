@@ -148,9 +148,16 @@ class Gateway:
             "keys_loaded": self.keys.loaded,
             "keys_fresh": keys_fresh,
             "keys_staleness_s": None if staleness is None else round(staleness, 1),
-            "keys_last_error": self.keys.last_error,
+            # Readiness is public (load balancers call it): say that a source failed, never
+            # its error text, which can name the vault or the JWKS URL (OWASP API8); the
+            # text is in the gateway's logs.
+            "keys_last_error": _public_error(self.keys.last_error, "secret store"),
             "jwks": {
-                f.issuer.name: {"keys": len(f.keys), "last_error": f.last_error} for f in self.jwks
+                f.issuer.name: {
+                    "keys": len(f.keys),
+                    "last_error": _public_error(f.last_error, "JWKS endpoint"),
+                }
+                for f in self.jwks
             },
             "background_tasks_alive": tasks_alive,
             "audit_accepting": self.audit.accepting,
@@ -166,6 +173,10 @@ class Gateway:
             and limiter != "closed"
         )
         return ready, checks
+
+
+def _public_error(error: str | None, source: str) -> str | None:
+    return None if error is None else f"the {source} failed; details in the gateway's logs"
 
 
 def _json(payload: Any, status: int = 200) -> Response:
