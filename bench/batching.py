@@ -23,12 +23,9 @@ import asyncio
 import base64
 import io
 import json
-import os
 import re
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +40,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.peers import clean_env  # noqa: E402
+from bench.procs import Server, free_port, start, stop, wait_ready  # noqa: E402
 from scorer.hazmat import file_sha256  # noqa: E402
 from scorer.repository import SETTINGS_FILE, read_model_settings  # noqa: E402
 from scorer.runtimes.pytorch import TorchRuntime  # noqa: E402
@@ -72,12 +71,6 @@ class Row:
     @property
     def of_batch1(self) -> float:
         return self.batched_ips / self.batch1_ips if self.batch1_ips else 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- models -----------------------------------------------------------------------------
@@ -226,35 +219,20 @@ def scorer_passes(base: str, model: str) -> tuple[float, float]:
     return found[0], found[1]
 
 
-def start_scorer(repo: Path, port: int, logs: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREGATE_")}
-    with logs.open("wb") as fh:
-        proc = subprocess.Popen(  # noqa: S603
-            [
-                *(sys.executable, "-m", "scorer", "serve", "--repository", str(repo)),
-                *("--runtime", "torch", "--port", str(port)),
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
-    import urllib.request
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"scorer exited: {logs.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/v2/health/ready", timeout=1
-            ) as reply:
-                if reply.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("scorer did not become ready")
+def start_scorer(repo: Path, port: int, logs: Path) -> Server:
+    """The torch scorer on ``repo``, ready (its models warmed up)."""
+    server = start(
+        "torch-scorer",
+        [
+            *(sys.executable, "-m", "scorer", "serve", "--repository", str(repo)),
+            *("--runtime", "torch", "--port", str(port)),
+        ],
+        logs,
+        clean_env(),
+        cwd=ROOT,
+    )
+    wait_ready(server, f"http://127.0.0.1:{port}/v2/health/ready", timeout_s=300)
+    return server
 
 
 def measure_model(name: str, args: argparse.Namespace, work: Path) -> list[Row]:
@@ -268,7 +246,7 @@ def measure_model(name: str, args: argparse.Namespace, work: Path) -> list[Row]:
     ).encode()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_scorer(repo, port, work / f"{name}-scorer.log")
+    server = start_scorer(repo, port, work / "logs")
     rows = []
     try:
         for concurrency in args.concurrency:
@@ -302,8 +280,7 @@ def measure_model(name: str, args: argparse.Namespace, work: Path) -> list[Row]:
             )
             rows.append(row)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop([server])
     return rows
 
 

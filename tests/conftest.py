@@ -424,13 +424,22 @@ def _gateway_spawner(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> 
     """Starts more gateway processes beside the shared stack (same scorer, CA, key store)."""
     started: dict[str, subprocess.Popen[bytes]] = {}
 
-    def spawn(ratelimits: Path | None = None, *, wait: bool = True, **extra: str) -> Gateway:
+    def spawn(
+        ratelimits: Path | None = None,
+        *,
+        wait: bool = True,
+        scorer_url: str | None = None,
+        upstream: dict[str, float] | None = None,
+        **extra: str,
+    ) -> Gateway:
+        """A gateway in front of the stack's scorer, or of ``scorer_url`` with ``upstream``
+        settings (timeouts, breaker) for its route."""
         state = tmp_path_factory.mktemp("gw")
         shutil.copytree(stack.state / "certs", state / "certs")
         port = free_port()
         env = gateway_env(
             state,
-            write_routes(state / "routes.toml", stack.scorer_url),
+            write_routes(state / "routes.toml", scorer_url or stack.scorer_url, **(upstream or {})),
             write_access(state / "access.toml"),
             port,
             ratelimits,

@@ -5,28 +5,17 @@ the process exits 0."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from gateway.tls import client_context
-from tests.conftest import (
-    Stack,
-    free_port,
-    gateway_env,
-    start,
-    stop,
-    wait_ready,
-    write_access,
-    write_routes,
-)
+from tests.conftest import Stack
 
 pytestmark = pytest.mark.e2e
 ROWS = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
@@ -55,25 +44,16 @@ class SlowScorer(BaseHTTPRequestHandler):
         return None
 
 
-def test_sigterm_lets_requests_in_flight_finish_then_exits(stack: Stack, tmp_path: Path) -> None:
+def test_sigterm_lets_requests_in_flight_finish_then_exits(
+    stack: Stack, spawn_gateway: Any
+) -> None:
     scorer = ThreadingHTTPServer(("127.0.0.1", 0), SlowScorer)
     threading.Thread(target=scorer.serve_forever, daemon=True).start()
-    state = tmp_path / "gw"
-    shutil.copytree(stack.state / "certs", state / "certs")
-    port = free_port()
-    env = gateway_env(
-        state,
-        write_routes(state / "routes.toml", f"http://127.0.0.1:{scorer.server_port}", timeout_s=5),
-        write_access(state / "access.toml"),
-        port,
-        SCOREGATE_LOCAL_STORE_PATH=str(stack.state / "secrets.json"),
+    gateway = spawn_gateway(
+        scorer_url=f"http://127.0.0.1:{scorer.server_port}", upstream={"timeout_s": 5}
     )
-    procs = {
-        "gateway": start("gateway", [sys.executable, "-m", "gateway", "serve"], env, state / "logs")
-    }
-    base = f"https://localhost:{port}"
+    base, proc = gateway.base_url, gateway.proc
     try:
-        wait_ready(f"{base}/v2/health/ready", client_context(stack.ca), procs, state / "logs")
         replies: list[httpx.Response] = []
 
         def call() -> None:
@@ -91,23 +71,20 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits(stack: Stack, tmp_pat
             caller.start()
         time.sleep(0.8)  # the four are at the slow scorer now
         signalled = time.monotonic()
-        procs["gateway"].send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         with pytest.raises(httpx.ConnectError):  # no new connections while draining
             httpx.get(f"{base}/v2/health/live", verify=client_context(stack.ca), timeout=2)
         for caller in callers:
             caller.join(15)
-        assert procs["gateway"].wait(20) == 0
+        assert proc.wait(20) == 0
         drained_in = time.monotonic() - signalled
     finally:
-        stop(procs)
         scorer.shutdown()
         scorer.server_close()
     assert [r.status_code for r in replies] == [200] * 4
     assert drained_in < 10  # well within Kubernetes' 30 s grace period
-    trail = [
-        json.loads(line) for line in (state / "audit" / "audit.jsonl").read_text().splitlines()
-    ]
+    trail = gateway.audit_records()
     audited = {r.get("request_id") for r in trail}
     assert all(r.headers["x-request-id"] in audited for r in replies)
     assert trail[-1]["type"] == "checkpoint"  # the head was signed on the way out

@@ -15,6 +15,21 @@ from scorer.repository import read_model_settings
 from tests.conftest import ROOT, Stack, free_port
 
 
+def scorer_serve(repository: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m scorer serve` on ``repository``, as an operator starts it (it should refuse)."""
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "scorer", "serve", "--repository", str(repository)),
+            *(*args, "--port", str(free_port())),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_artifact_whose_digest_does_not_match_is_refused_at_load(
     model_repo: Path, tmp_path: Path
 ) -> None:
@@ -24,23 +39,7 @@ def test_artifact_whose_digest_does_not_match_is_refused_at_load(
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte
     artifact.write_bytes(bytes(data))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scorer",
-            "serve",
-            "--repository",
-            str(repo),
-            "--port",
-            str(free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-        check=False,
-    )
+    out = scorer_serve(repo)
     assert out.returncode == 2
     assert "refusing to load" in out.stderr
     assert "Traceback" not in out.stderr
@@ -105,25 +104,7 @@ def test_torch_artifact_whose_digest_does_not_match_is_refused_at_load(
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0xFF
     artifact.write_bytes(bytes(data))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scorer",
-            "serve",
-            "--repository",
-            str(folder.parent),
-            "--runtime",
-            "torch",
-            "--port",
-            str(free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    out = scorer_serve(folder.parent, "--runtime", "torch")
     assert out.returncode == 2
     assert "refusing to load" in out.stderr and "model.pt2" in out.stderr
     assert "Traceback" not in out.stderr

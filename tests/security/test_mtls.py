@@ -3,16 +3,14 @@ CA configured, the scorer completes a handshake only with a certificate from tha
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 
 from certs.authority import CertPaths, create_ca, issue
@@ -20,12 +18,9 @@ from gateway.tls import client_context
 from tests.conftest import (
     Stack,
     free_port,
-    gateway_env,
     start,
     stop,
     wait_ready,
-    write_access,
-    write_routes,
 )
 
 pytestmark = pytest.mark.e2e
@@ -130,65 +125,43 @@ def test_a_client_certificate_from_a_foreign_ca_fails_the_handshake(
     }
 
 
-@contextmanager
-def _gateway(stack: Stack, tmp: Path, scorer_port: int, **extra: str) -> Iterator[str]:
-    state = tmp / "gw"
-    shutil.copytree(stack.state / "certs", state / "certs")
-    port = free_port()
-    env = gateway_env(
-        state,
-        write_routes(state / "routes.toml", f"https://localhost:{scorer_port}"),
-        write_access(state / "access.toml"),
-        port,
-        SCOREGATE_LOCAL_STORE_PATH=str(stack.state / "secrets.json"),
-        SCOREGATE_UPSTREAM_CA=str(stack.ca),
-        **extra,
-    )
-    procs = {
-        "gateway": start("gateway", [sys.executable, "-m", "gateway", "serve"], env, state / "logs")
-    }
-    try:
-        yield f"https://localhost:{port}"
-    finally:
-        stop(procs)
-
-
 def test_the_gateway_scores_through_an_mtls_scorer(
-    mtls_scorer: MTLSScorer, stack: Stack, tmp_path: Path
+    mtls_scorer: MTLSScorer, stack: Stack, spawn_gateway: Any
 ) -> None:
     pki = mtls_scorer.pki
-    with _gateway(
-        stack,
-        tmp_path,
-        mtls_scorer.port,
+    gateway = spawn_gateway(  # ready means its probe passed the scorer's mutual TLS
+        scorer_url=f"https://localhost:{mtls_scorer.port}",
+        SCOREGATE_UPSTREAM_CA=str(stack.ca),
         SCOREGATE_UPSTREAM_CLIENT_CERT=str(pki.cert("gateway-client")),
         SCOREGATE_UPSTREAM_CLIENT_KEY=str(pki.key("gateway-client")),
-    ) as base:
-        ctx = client_context(stack.ca)
-        wait_ready(f"{base}/v2/health/ready", ctx, {}, tmp_path)
-        reply = httpx.post(
-            f"{base}/v1/models/iris:predict",
-            json=ROWS,
-            headers={"api-key": stack.keys.iris},
-            verify=ctx,
+    )
+    with gateway.client() as client:
+        reply = client.post(
+            "/v1/models/iris:predict", json=ROWS, headers={"api-key": stack.keys.iris}
         )
-        assert reply.status_code == 200, reply.text
-        assert reply.json() == {"predictions": ["setosa"]}
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"predictions": ["setosa"]}
 
 
 def test_a_gateway_without_the_client_certificate_is_refused_by_the_scorer(
-    mtls_scorer: MTLSScorer, stack: Stack, tmp_path: Path
+    mtls_scorer: MTLSScorer, stack: Stack, spawn_gateway: Any
 ) -> None:
-    with _gateway(stack, tmp_path, mtls_scorer.port) as base:
-        ctx = client_context(stack.ca)
-        wait_ready(f"{base}/v2/health/live", ctx, {}, tmp_path)
-        ready = httpx.get(f"{base}/v2/health/ready", verify=ctx)
-        assert ready.status_code == 503  # the scorer refuses its probe too
-        reply = httpx.post(
-            f"{base}/v1/models/iris:predict",
-            json=ROWS,
-            headers={"api-key": stack.keys.iris},
-            verify=ctx,
+    gateway = spawn_gateway(
+        wait=False,
+        scorer_url=f"https://localhost:{mtls_scorer.port}",
+        SCOREGATE_UPSTREAM_CA=str(stack.ca),
+    )
+    wait_ready(
+        f"{gateway.base_url}/v2/health/live",
+        client_context(stack.ca),
+        {"gateway": gateway.proc},
+        gateway.state / "logs",
+    )
+    with gateway.client() as client:
+        ready = client.get("/v2/health/ready")
+        reply = client.post(
+            "/v1/models/iris:predict", json=ROWS, headers={"api-key": stack.keys.iris}
         )
-        assert reply.status_code in (502, 503), reply.text
-        assert reply.json()["error"]["code"] in ("bad_upstream", "upstream_unavailable")
+    assert ready.status_code == 503  # the scorer refuses its probe too
+    assert reply.status_code in (502, 503), reply.text
+    assert reply.json()["error"]["code"] in ("bad_upstream", "upstream_unavailable")
