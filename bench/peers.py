@@ -271,6 +271,8 @@ def start_gateway(
         SCOREGATE_JWT_ISSUERS_FILE=str(policies["issuers"]),
         SCOREGATE_AUDIT_SINK="file",
         SCOREGATE_PORT=str(port),
+        # Metrics on (the real path), on a port of the run's own.
+        SCOREGATE_METRICS_PORT=str(free_port()),
         SCOREGATE_LOG_LEVEL="WARNING",
     )
     server = start("gateway", [sys.executable, "-m", "gateway", "serve"], logs, env, cwd=ROOT)
