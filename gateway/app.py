@@ -1,18 +1,19 @@
-"""The gateway application: the request path of DESIGN.md, one step per module.
+"""The gateway application: the Quart app, its components, and the scoring path in front.
 
     context → authenticate → route → authorize → validate body → forward → respond
                                                         every request ─▶ audit
 
-Each step may end the request with a `GatewayError`; `_render_error` is the only place
-that turns errors into responses, and `_finish` the only place that writes audit records
-and security headers, so no path can skip either.
+The steps are written once, in `gateway.exchange`. The scoring POSTs are served by
+`gateway.scoring` (plain ASGI, installed as Quart middleware); everything else by the
+Quart app below, whose hooks run the same steps: `_render_error` turns errors into
+responses through `RequestPath.error_payload`, and `_finish` writes the audit record and
+the security headers, so no path can skip either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,40 +23,31 @@ import orjson
 from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from gateway import context
-from gateway.audit import AuditEvent, AuditTrail, utc_timestamp
+from gateway.audit import AuditTrail
 from gateway.auditsign import load_signer
-from gateway.auth import authenticate
-from gateway.breaker import CircuitOpen
 from gateway.errors import (
-    AuditUnavailable,
     BadRequest,
     GatewayError,
     InternalError,
-    InvalidRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
-    Unauthenticated,
-    UnsupportedMediaType,
 )
+from gateway.exchange import JSON, Exchange, RequestPath, security_headers
 from gateway.forward import Forwarder
 from gateway.jwks import JWKSKeys
 from gateway.jwtauth import JWTValidator
 from gateway.keyring import KeyRing
 from gateway.metrics import GatewayMetrics
 from gateway.policy import AccessPolicy, Route, RouteTable
-from gateway.principal import Principal
-from gateway.ratelimit import Limiter, RateLimited
-from gateway.secretstore import LocalSecretStore, SecretStore, SecretStoreError, utcnow
+from gateway.ratelimit import Limiter
+from gateway.scoring import ScoringPath
+from gateway.secretstore import LocalSecretStore, SecretStore, SecretStoreError
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("gateway")
-JSON = "application/json"
-_PROBES = frozenset({"live", "ready"})
 _READY_CACHE_S = 2.0
-_JSON_TYPE_NAMES: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
 
 
 @dataclass
@@ -183,73 +175,6 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status=status, content_type=JSON)
 
 
-def _check_members(obj: dict[str, Any], where: str, required: dict[str, type]) -> None:
-    """Members an object must carry, by JSON type; ``parameters`` must be an object if sent."""
-    for name, kind in required.items():
-        if not isinstance(obj.get(name), kind):
-            raise InvalidRequest(
-                f"{where} needs '{name}' as {_JSON_TYPE_NAMES[kind]}", reason="body_invalid"
-            )
-    if "parameters" in obj and not isinstance(obj["parameters"], dict):
-        raise InvalidRequest(f"'parameters' of {where} must be an object", reason="body_invalid")
-
-
-def _check_v2_envelope(body: dict[str, Any], inputs: list[dict[str, Any]]) -> None:
-    """The Open Inference Protocol's request envelope (gateway/openapi.yaml): members the
-    protocol requires, with their JSON types. The scorer judges the tensors themselves
-    (datatype, data against shape, the model's schema); the public contract is checked
-    here, so a malformed envelope never reaches a model server (OWASP REST Security
-    Cheat Sheet: input validation)."""
-    _check_members(body, "the request", {})
-    if "id" in body and not isinstance(body["id"], str):
-        raise InvalidRequest("'id' must be a string", reason="body_invalid")
-    for tensor in inputs:
-        _check_members(tensor, "each input", {"name": str, "datatype": str, "data": list})
-    if "outputs" not in body:
-        return  # the model's default output
-    outputs = body["outputs"]
-    if (
-        not isinstance(outputs, list)
-        or not outputs
-        or not all(isinstance(o, dict) for o in outputs)
-    ):
-        raise InvalidRequest("'outputs' must be a non-empty list of objects", reason="body_invalid")
-    for output in outputs:
-        _check_members(output, "each output", {"name": str})
-
-
-def _count_instances(body: Any, kind: str) -> int:
-    """Instances in a v2 or v1 body; the cheap structural check the gateway owns."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object", reason="body_not_object")
-    if kind == "v1":
-        instances = body.get("instances")
-        if not isinstance(instances, list) or not instances:
-            raise InvalidRequest("'instances' must be a non-empty list", reason="body_invalid")
-        return len(instances)
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
-        raise InvalidRequest("'inputs' must be a non-empty list of tensors", reason="body_invalid")
-    batch = 0
-    for tensor in inputs:
-        shape = tensor.get("shape")
-        if (
-            not isinstance(shape, list)
-            or not shape
-            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-            or shape[0] < 1
-        ):
-            raise InvalidRequest(
-                "each input needs a 'shape' of integers with a batch of at least 1",
-                reason="body_invalid",
-            )
-        batch = max(batch, shape[0])
-    _check_v2_envelope(body, inputs)
-    # The cost is the largest batch any input declares; the scorer checks the data
-    # against the shapes, so a request cannot carry more than it is charged for.
-    return batch
-
-
 def create_app(gw: Gateway) -> Quart:
     settings = gw.settings
     # No static route: only the health and model routes are on the public listener.
@@ -260,19 +185,8 @@ def create_app(gw: Gateway) -> Quart:
     app.config["RESPONSE_TIMEOUT"] = None
     # No automatic OPTIONS answers: every route serves exactly its listed methods (405 else).
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
-    security_headers = {
-        # RFC 6797: browsers must use HTTPS for this host from now on.
-        "Strict-Transport-Security": f"max-age={settings.hsts_max_age_s}; includeSubDomains",
-        # OWASP REST Security / Secure Headers: an API answers JSON that nothing renders.
-        "X-Content-Type-Options": "nosniff",
-        "Cache-Control": "no-store",
-        "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-        "X-Frame-Options": "DENY",
-        "Referrer-Policy": "no-referrer",
-        # OWASP Secure Headers: no other origin may load these responses as a resource
-        # (no-cors requests, Spectre-style reads); API clients are not browsers anyway.
-        "Cross-Origin-Resource-Policy": "same-origin",
-    }
+    path = RequestPath(gw)
+    headers_on_every_answer = security_headers(settings)
 
     @app.before_serving
     async def _startup() -> None:
@@ -284,44 +198,24 @@ def create_app(gw: Gateway) -> Quart:
 
     @app.before_request
     async def _begin() -> None:
-        g.start = time.perf_counter()
-        # Our own id always: a client-chosen one could collide with another request's.
-        g.request_id = context.new_request_id()
-        g.client_request_id = context.client_request_id(request.headers.get("x-request-id"))
-        g.client = context.client_address(
-            request.remote_addr,
+        ex = path.open(
+            method=request.method,
+            path=request.path,
+            endpoint=request.endpoint,
+            peer=request.remote_addr,
             # Every X-Forwarded-For line, joined: a proxy may add its own line (RFC 7230 §3.2.2).
-            ",".join(request.headers.getlist("x-forwarded-for")) or None,
-            settings.trusted_proxy_hops,
+            forwarded_for=",".join(request.headers.getlist("x-forwarded-for")) or None,
+            client_request_id=request.headers.get("x-request-id"),
         )
-        g.principal = None
-        g.model = None
-        g.decision = "deny"
-        g.reason = "ok"
-        g.bytes_in = 0
-        g.body_read = False
-        g.payload_sha256 = None
-        g.audit_reserved = gw.audit.reserve()
-        if not g.audit_reserved and settings.audit_on_failure == "closed":
-            # Fail closed (the default): no request is served that cannot be audited.
-            raise AuditUnavailable(reason="audit_unavailable")
-        context.reject_credentials_in_query(request.args.items(multi=True))
-        if "transfer-encoding" in request.headers and "content-length" in request.headers:
-            # RFC 9112 §6.1: both framings at once is how requests are smuggled past a
-            # proxy; refuse rather than pick one, and close the connection after answering.
-            g.close_connection = True
-            raise BadRequest("ambiguous message framing", reason="ambiguous_framing")
-        if request.endpoint not in _PROBES:
-            # Before authentication: per-address limit and the failed-authentication block.
-            await gw.limiter.check_address(g.client)
+        g.ex = ex
+        await path.screen(
+            ex,
+            query=request.args.items(multi=True),
+            ambiguous_framing="transfer-encoding" in request.headers
+            and "content-length" in request.headers,
+        )
 
-    async def read_body() -> bytes:
-        g.body_read = True
-        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        g.bytes_in = len(body)
-        return body
-
-    async def drain_unread_body() -> None:
+    async def drain_unread_body(ex: Exchange) -> None:
         """Read what the client sent before answering it with an early error.
 
         Answering an HTTP/2 stream before its body has arrived makes Hypercorn 0.18 drop
@@ -329,86 +223,42 @@ def create_app(gw: Gateway) -> Quart:
         which would take the client's other streams with it. The read is bounded by the
         body size limit and timeout like any other.
         """
-        if g.get("body_read", True):
+        if ex.body_read:
             return
+        ex.body_read = True
         with contextlib.suppress(HTTPException, asyncio.TimeoutError, ConnectionError):
-            await read_body()
+            body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+            ex.bytes_in = len(body)
 
     @app.after_request
     async def _finish(response: Response) -> Response:
-        await drain_unread_body()
-        response.headers.update(security_headers)
-        response.headers["X-Request-Id"] = g.request_id
-        if g.get("close_connection") and request.http_version.startswith("1"):
+        ex: Exchange | None = g.get("ex")
+        response.headers.update(headers_on_every_answer)
+        if ex is None:  # pragma: no cover - before_request always runs first
+            return response
+        await drain_unread_body(ex)
+        response.headers["X-Request-Id"] = ex.request_id
+        if ex.close_connection and request.http_version.startswith("1"):
             response.headers["Connection"] = "close"
-        record_audit(response.status_code, response.content_length or 0)
+        path.audit(ex, response.status_code, response.content_length or 0)
         return response
-
-    def record_audit(status: int, bytes_out: int) -> None:
-        """The request's one audit record; written once, from `_finish` or `_teardown`."""
-        reserved = g.get("audit_reserved", False)
-        g.audit_reserved = False
-        g.audited = True
-        principal = g.get("principal")
-        rule = request.url_rule
-        route: Route | None = g.get("route")
-        event = AuditEvent(
-            time=utc_timestamp(),
-            request_id=g.request_id,
-            client_request_id=g.get("client_request_id"),
-            client=g.client,
-            method=request.method[:16],
-            path=request.path[:256],  # never the query string
-            route=rule.endpoint if rule is not None else "-",
-            model=g.get("model"),
-            subject=principal.subject if principal else None,
-            credential=principal.credential if principal else None,
-            key_id=principal.key_id if principal else None,
-            key_version=principal.key_version if principal else None,
-            decision=g.get("decision", "deny"),
-            reason=g.get("reason", "ok"),
-            status=status,
-            latency_ms=round((time.perf_counter() - g.start) * 1000, 3),
-            bytes_in=g.get("bytes_in", 0),
-            bytes_out=bytes_out,
-            payload_sha256=g.get("payload_sha256"),
-            instances=g.get("instances"),
-            limiter=gw.limiter.state if request.endpoint not in _PROBES else None,
-        )
-        gw.audit.record(event, reserved=reserved)
-        gw.metrics.observe(event, route.upstream_name if route is not None else None)
 
     @app.teardown_request
     async def _teardown(exc: BaseException | None) -> None:
         # A request that ended without a response (the client went away, the handler was
         # cancelled) still gets its one record, and gives back its reserved slot.
-        if "start" in g and not g.get("audited", False):
-            g.reason = "client_disconnected"
-            record_audit(499, 0)
+        ex: Exchange | None = g.get("ex")
+        if ex is not None and not ex.audited:
+            ex.reason = "client_disconnected"
+            path.audit(ex, 499, 0)
 
     def _render_error(exc: GatewayError) -> Response:
-        g.reason = exc.reason
-        if exc.status < 500:
-            g.decision = "deny"  # refused (429, 413, 422, …) even after authorization passed
-        response = _json(
-            {
-                "error": {
-                    "code": exc.code,
-                    "message": exc.message,
-                    "request_id": g.get("request_id"),
-                }
-            },
-            exc.status,
-        )
-        if isinstance(exc, RateLimited | CircuitOpen):
-            response.headers.update(exc.headers)
-        if isinstance(exc, MethodNotAllowed) and exc.allowed:
-            response.headers["Allow"] = ", ".join(exc.allowed)
-        if exc.status == 401:
-            # RFC 9110 §11.6.1: a 401 names the scheme the client should use.
-            response.headers["WWW-Authenticate"] = (
-                'Bearer realm="scoregate", ApiKey realm="scoregate", header="api-key"'
-            )
+        ex: Exchange | None = g.get("ex")
+        if ex is None:  # pragma: no cover - before_request always runs first
+            return _json({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+        body, headers = path.error_payload(ex, exc)
+        response = Response(body, status=exc.status, content_type=JSON)
+        response.headers.update(headers)
         return response
 
     @app.errorhandler(GatewayError)
@@ -427,7 +277,9 @@ def create_app(gw: Gateway) -> Quart:
             mapped = PayloadTooLarge(reason="body_too_large")
         elif exc.code == 408:
             # Quart's BODY_TIMEOUT: a slow body (slowloris on the body) is cut off.
-            g.close_connection = True
+            ex: Exchange | None = g.get("ex")
+            if ex is not None:
+                ex.close_connection = True
             mapped = RequestTimeout(reason="body_timeout")
         elif exc.code is not None and exc.code >= 500:
             mapped = InternalError(reason=f"http_{exc.code}")
@@ -440,94 +292,59 @@ def create_app(gw: Gateway) -> Quart:
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
         # A generic 500: the exception's text stays in our logs (OWASP: error handling).
-        log.exception("unhandled error in request %s", g.get("request_id"))
+        ex: Exchange | None = g.get("ex")
+        log.exception("unhandled error in request %s", ex.request_id if ex else None)
         return _render_error(InternalError(reason="internal_error"))
 
     # -- health (unauthenticated, no model data) -----------------------------------
     @app.get("/v2/health/live")
     async def live() -> Response:
-        g.decision, g.reason = "allow", "public_endpoint"
+        g.ex.decision, g.ex.reason = "allow", "public_endpoint"
         return _json({"live": True})
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:
-        g.decision, g.reason = "allow", "public_endpoint"
+        g.ex.decision, g.ex.reason = "allow", "public_endpoint"
         is_ready, checks = await gw.readiness()
         return _json({"ready": is_ready, **checks}, 200 if is_ready else 503)
 
     # -- model endpoints -----------------------------------------------------------
-    def authenticate_request(headers: Any) -> Principal:
-        """A bearer JWT or an API key, never both (an ambiguous request is refused)."""
-        authorization = headers.get("authorization")
-        api_key = headers.get("api-key")
-        if authorization is not None and api_key is not None:
-            raise Unauthenticated(reason="credentials_ambiguous")
-        if authorization is None:
-            return authenticate(api_key, gw.keys, utcnow())
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated(reason="authorization_scheme_unsupported")
-        return gw.jwt.authenticate(token.strip())
-
     async def admit(model: str) -> Route:
-        """Authenticate, route, authorize: 401, then 404, then 403."""
-        try:
-            principal = authenticate_request(request.headers)
-        except Unauthenticated:
-            await gw.limiter.failed_authentication(g.client)
-            raise
-        g.principal = principal
-        route = gw.routes.resolve(model)
-        g.model = route.model
-        g.route = route
-        gw.access.authorize(principal, route.model)
-        g.decision = "allow"
+        """Authenticate, route, authorize, and count one request against the caller."""
+        ex: Exchange = g.ex
+        route = await path.admit(
+            ex,
+            model,
+            authorization=request.headers.get("authorization"),
+            api_key=request.headers.get("api-key"),
+        )
+        assert ex.principal is not None  # noqa: S101 - admit() sets it or raises
+        await gw.limiter.check_principal(ex.principal, route.model, 1)
         return route
 
-    async def forward(route: Route, method: str, path: str, body: bytes | None) -> Response:
-        upstream = await gw.forwarder.send(route, method, path, body, g.request_id)
+    async def forward(route: Route, method: str, upstream_path: str) -> Response:
+        upstream = await gw.forwarder.send(route, method, upstream_path, None, g.ex.request_id)
         return Response(upstream.body, status=upstream.status, content_type=JSON)
-
-    async def score(model: str, kind: str, path: str) -> Response:
-        route = await admit(model)
-        if request.mimetype != JSON:
-            # OWASP REST Security: refuse a body whose declared type we do not accept
-            # (415), rather than parse it as JSON whatever it claims to be.
-            raise UnsupportedMediaType(reason="content_type_not_json")
-        body = await read_body()
-        g.payload_sha256 = hashlib.sha256(body).hexdigest()
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise InvalidRequest("the body is not valid JSON", reason="body_not_json") from None
-        instances = _count_instances(parsed, kind)
-        g.instances = instances
-        if instances > route.max_instances:
-            raise PayloadTooLarge(
-                f"at most {route.max_instances} instances per request", reason="too_many_instances"
-            )
-        # Cost of a request = the instances it carries (OWASP API4).
-        await gw.limiter.check_principal(g.principal, route.model, instances)
-        return await forward(route, "POST", path, body)
 
     @app.get("/v2/models/<model>")
     async def model_metadata(model: str) -> Response:
         route = await admit(model)
-        await gw.limiter.check_principal(g.principal, route.model, 1)
-        return await forward(route, "GET", f"/v2/models/{route.model}", None)
+        return await forward(route, "GET", f"/v2/models/{route.model}")
 
     @app.get("/v2/models/<model>/ready")
     async def model_ready(model: str) -> Response:
         route = await admit(model)
-        await gw.limiter.check_principal(g.principal, route.model, 1)
-        return await forward(route, "GET", f"/v2/models/{route.model}/ready", None)
+        return await forward(route, "GET", f"/v2/models/{route.model}/ready")
 
+    # The scoring POSTs are answered by `gateway.scoring` before Quart sees them; their
+    # rules stay here so that Quart answers any other method on them with 405 and Allow.
     @app.post("/v2/models/<model>/infer")
     async def infer(model: str) -> Response:
-        return await score(model, "v2", f"/v2/models/{model}/infer")
+        raise InternalError(reason="scoring_path_bypassed")
 
     @app.post("/v1/models/<model>:predict")
     async def predict(model: str) -> Response:
-        return await score(model, "v1", f"/v1/models/{model}:predict")
+        raise InternalError(reason="scoring_path_bypassed")
 
+    app.asgi_app = ScoringPath(path, app.asgi_app)  # type: ignore[method-assign]
     return app

@@ -208,6 +208,43 @@ async def test_upstream_faults_map_to_gateway_statuses(
     assert (await predict(gw, json={"instances": ROWS})).status_code == 200
 
 
+@pytest.mark.parametrize("when", ["while_forwarded", "while_sending_the_body"])
+async def test_client_that_disconnects_is_audited_as_499_and_frees_the_gateway(
+    gw: GatewayUnderTest, upstream: Upstream, when: str
+) -> None:
+    # A client that leaves (the scorer is slow, or it stops half-way through its body)
+    # gets no answer, and the trail says so: one record with 499, never a 200 or a 504
+    # for an answer nobody received. The scorer call is abandoned, not awaited.
+    upstream.mode = "slow"
+    headers = {"api-key": gw.key, "content-type": "application/json"}
+    body = orjson.dumps({"instances": ROWS})
+    started = time.monotonic()
+    async with gw.client.request(
+        "/v1/models/iris:predict", method="POST", headers=headers
+    ) as connection:
+        if when == "while_forwarded":
+            await connection.send(body)
+            await connection.send_complete()
+            for _ in range(100):  # until the gateway's call reaches the scorer
+                if upstream.seen:
+                    break
+                await asyncio.sleep(0.02)
+            assert upstream.seen
+        else:
+            await connection.send(body[:5])
+        await connection.disconnect()
+    assert time.monotonic() - started < 1.5  # not held for the scorer's 2 s timeout
+    for _ in range(100):
+        records = [r for r in gw.records() if r["route"] == "predict"]
+        if records:
+            break
+        await asyncio.sleep(0.01)
+    assert [(r["status"], r["reason"]) for r in records] == [(499, "client_disconnected")]
+    assert records[0]["decision"] == "allow"  # it had been admitted
+    upstream.mode = "ok"
+    assert (await predict(gw, json={"instances": ROWS})).status_code == 200
+
+
 async def test_scorer_down_is_503_fast(tmp_path: Path) -> None:
     app, key, _ = await make_gateway(tmp_path, f"http://127.0.0.1:{free_port()}")
     async with app.test_app() as test_app:
@@ -379,12 +416,12 @@ async def test_v2_envelope_as_the_protocol_writes_it_is_forwarded(
 async def test_unexpected_exception_is_a_generic_500(
     gw: GatewayUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gateway import app as app_module
+    from gateway import exchange
 
     def explode(*args: object) -> None:
         raise RuntimeError("/etc/secret-path leaked detail")
 
-    monkeypatch.setattr(app_module, "_count_instances", explode)
+    monkeypatch.setattr(exchange, "count_instances", explode)
     r = await predict(gw, json={"instances": ROWS})
     text = await r.get_data(as_text=True)
     assert r.status_code == 500
@@ -409,16 +446,18 @@ async def test_http_layer_errors_get_a_status_and_code_that_agree(
     status: int,
     code: str,
 ) -> None:
-    # Quart raises Werkzeug's exceptions (a body slower than BODY_TIMEOUT is a 408): each
-    # becomes one of our documented statuses with its own code, never "bad_request" 408.
-    from gateway import app as app_module
+    # Quart raises Werkzeug's exceptions (a body slower than BODY_TIMEOUT is a 408) on the
+    # routes it serves (here: model metadata): each becomes one of our documented statuses
+    # with its own code, never "bad_request" 408.
+    from gateway.forward import Forwarder
 
-    def fail(*args: object) -> None:
+    async def fail(*args: object) -> None:
         raise raised()
 
-    monkeypatch.setattr(app_module, "_count_instances", fail)
-    r = await predict(gw, json={"instances": ROWS})
+    monkeypatch.setattr(Forwarder, "send", fail)
+    r = await gw.client.get("/v2/models/iris", headers={"api-key": gw.key})
     assert (r.status_code, (await r.get_json())["error"]["code"]) == (status, code)
+    assert (await gw.record_for(r.headers["x-request-id"]))["status"] == status
 
 
 async def test_client_address_uses_every_forwarded_for_line(
