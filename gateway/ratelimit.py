@@ -51,6 +51,7 @@ FailurePolicy = Literal["memory", "closed", "open"]
 # slowest part of the request path when Redis is in trouble.
 STORAGE_TIMEOUT_S = 0.25
 _RECHECK_S = 1.0
+_PRUNE_S = 60.0
 _STRATEGIES: dict[str, type[RateLimiter]] = {
     "sliding-window-counter": SlidingWindowCounterRateLimiter,
     "moving-window": MovingWindowRateLimiter,
@@ -173,6 +174,13 @@ class Limiter:
         self._principal = _rule("principal", d.per_principal, s)
         self._principal_model = _rule("principal-model", d.per_principal_model, s)
         self._overrides: dict[tuple[str, str | None], _Rule] = {}
+        # Addresses this replica saw fail authentication, and until when that may still
+        # count (a sliding window carries the previous window's count: twice the longest).
+        self._failed_until: dict[str, float] = {}
+        self._failed_span_s = (
+            2 * max((i.get_expiry() for i in self._failed.items), default=0) if self._failed else 0
+        )
+        self._failed_pruned = time.monotonic()
         for o in policy.overrides:
             rule = _rule("principal-model" if o.model else "principal", o.limits, o.strategy or s)
             if rule is not None:
@@ -283,11 +291,23 @@ class Limiter:
             pool.disconnect()
 
     # -- the three checks the request path makes ---------------------------------------
+    def _may_be_blocked(self, address: str) -> bool:
+        """Whether the failed-authentication counts of this address need reading.
+
+        Memory counts are this replica's own, so an address it never saw fail (within the
+        windows) has none: the read, two thirds of a request's limiter cost, is skipped.
+        Shared counts may come from any replica and are always read.
+        """
+        if self._remote:
+            return True
+        until = self._failed_until.get(address)
+        return until is not None and time.monotonic() < until
+
     async def check_address(self, address: str) -> None:
         """Before authentication: the per-address limit, and the failed-auth block."""
         await self._hit(self._address, ("address", address), 1)
         failed = self._failed
-        if failed is not None:
+        if failed is not None and self._may_be_blocked(address):
             for item in failed.items:
                 stats = await self._call(failed, "get_window_stats", item, ("failed", address), 0)
                 if stats is not None and stats.remaining <= 0:
@@ -298,6 +318,11 @@ class Limiter:
         failed = self._failed
         if failed is None:
             return
+        now = time.monotonic()
+        self._failed_until[address] = now + self._failed_span_s
+        if now - self._failed_pruned > _PRUNE_S:  # bounded like the counters themselves
+            self._failed_until = {a: t for a, t in self._failed_until.items() if t > now}
+            self._failed_pruned = now
         for item in failed.items:
             await self._call(failed, "hit", item, ("failed", address), 1)
 

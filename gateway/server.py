@@ -54,6 +54,7 @@ def build_audit(settings: GatewaySettings) -> AuditTrail:
         queue_size=settings.audit_queue_size,
         checkpoint_every=settings.audit_checkpoint_every,
         checkpoint_interval_s=settings.audit_checkpoint_interval_s,
+        linger_s=settings.audit_linger_ms / 1000,
     )
 
 

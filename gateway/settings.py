@@ -82,6 +82,9 @@ class GatewaySettings(BaseSettings):
     audit_rotate_interval_s: float = Field(default=86_400.0, gt=0)
     audit_checkpoint_every: int = Field(default=1000, ge=1)
     audit_checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    # How long the writer waits for more records before a write: records reach the file
+    # this much later, and the writer thread is woken once per batch, not per request.
+    audit_linger_ms: float = Field(default=20.0, ge=0, le=1000)
     # When the trail cannot take a record (queue full, sink failing): "closed" answers 503;
     # "open" serves anyway, records taking free queue room or, past it, being dropped
     # with an error log line naming the request. Only choose "open" knowingly.

@@ -4,6 +4,7 @@ import asyncio
 import itertools
 import resource
 import stat
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -397,3 +398,52 @@ def test_a_rotation_that_fails_half_way_recovers_on_the_next_write(
     sink.write(lines[2:])  # the retry repairs and writes
     sink.close()
     assert verify([tmp_path]).records == 3
+
+
+class CountingSink(FileSink):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writes: list[int] = []
+
+    def write(self, lines: list[bytes]) -> None:
+        self.writes.append(len(lines))
+        super().write(lines)
+
+
+@pytest.mark.parametrize(("linger_s", "most_writes"), [(0.2, 1), (0.0, 20)])
+async def test_records_arriving_within_the_linger_share_one_write(
+    tmp_path: Path, linger_s: float, most_writes: int
+) -> None:
+    # The writer waits `linger_s` after a record for the ones that follow, so a burst costs
+    # one hand-off to the writer thread; without linger each may be written on its own.
+    sink = CountingSink(tmp_path / "audit.jsonl")
+    trail = AuditTrail(sink, queue_size=100, linger_s=linger_s)
+    writer = asyncio.create_task(trail.run())
+    for i in range(20):
+        assert trail.reserve()
+        trail.record(event(i), reserved=True)
+        await asyncio.sleep(0.002)  # requests ending one after another, not all at once
+    await trail.drain()
+    writer.cancel()
+    trail.close()
+    assert sum(sink.writes) == 20
+    assert len(sink.writes) <= most_writes
+    if linger_s:
+        assert sink.writes == [20]
+    else:
+        assert len(sink.writes) > 1  # the same burst without linger: several writes
+    assert verify([sink.path]).records == 20
+
+
+def test_timestamps_are_iso_utc_with_milliseconds_and_current() -> None:
+    import datetime as dt
+    import re
+
+    from gateway.audit import utc_timestamp
+
+    for _ in range(3):
+        stamp = utc_timestamp()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
+        parsed = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert abs((dt.datetime.now(dt.UTC) - parsed).total_seconds()) < 0.5
+        time.sleep(0.6)  # across a second boundary: the cached prefix is renewed
