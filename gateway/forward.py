@@ -1,9 +1,8 @@
-"""Forwarding to the scorers over one pooled keep-alive aiohttp session.
+"""Forwarding to the scorers over pooled keep-alive connections (`gateway.upstream`).
 
-aiohttp was chosen by measurement: about 3x cheaper per request than httpx in our first
-prototype (BENCHMARKS.md). Rules enforced here (OWASP API10, unsafe consumption of APIs):
+Rules enforced here (OWASP API10, unsafe consumption of APIs):
 - only an allow-list of headers goes upstream: credentials, cookies and hop-by-hop headers
-  never leave the gateway;
+  never leave the gateway (the request is written whole by `gateway.upstream`);
 - no redirects are followed; a 3xx is a bad upstream;
 - the response body is read up to a bound and must be JSON;
 - connect failure → 503, timeout → 504, anything malformed → 502;
@@ -12,10 +11,10 @@ prototype (BENCHMARKS.md). Rules enforced here (OWASP API10, unsafe consumption 
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 
 from gateway.breaker import CircuitBreaker
@@ -28,6 +27,12 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.policy import Route
+from gateway.upstream import (
+    AnswerTooLarge,
+    ConnectFailed,
+    UpstreamError,
+    UpstreamPool,
+)
 
 # Upstream client errors that carry a safe message of ours back to the caller.
 _PASSED_THROUGH: dict[int, type[GatewayError]] = {422: InvalidRequest, 413: PayloadTooLarge}
@@ -44,7 +49,7 @@ class Forwarder:
     def __init__(self, *, max_response_bytes: int, tls: ssl.SSLContext | None = None) -> None:
         self._max = max_response_bytes
         self._tls = tls
-        self._session: aiohttp.ClientSession | None = None
+        self._pools: dict[str, UpstreamPool] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
 
     def breaker(self, route: Route) -> CircuitBreaker:
@@ -57,43 +62,26 @@ class Forwarder:
             self.breakers[route.upstream_name] = found
         return found
 
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=256,
-            keepalive_timeout=30,
-            ttl_dns_cache=30,
-            # https:// scorers: our context (CA, client certificate), else system trust.
-            ssl=self._tls if self._tls is not None else True,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # The gateway decides what reaches the scorer: no cookies kept or sent.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            # We read bodies raw and bounded, so we ask for no compression.
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
+    def _pool(self, route: Route) -> UpstreamPool:
+        pool = self._pools.get(route.upstream_name)
+        if pool is None:
+            upstream = route.upstream
+            pool = UpstreamPool(
+                str(upstream.url),
+                max_connections=upstream.max_connections,
+                max_body=self._max,
+                # https:// scorers: our context (CA, client certificate), else system trust.
+                tls=self._tls,
+            )
+            self._pools[route.upstream_name] = pool
+        return pool
 
-    def _started(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("Forwarder.start() was not awaited")
-        return self._session
+    async def start(self) -> None:
+        """Nothing to open ahead: connections are made on first use and kept alive."""
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:
-        declared = response.content_length
-        if declared is not None and declared > self._max:
-            raise BadUpstream(reason="upstream_body_too_large")
-        chunks, size = [], 0
-        async for chunk in response.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > self._max:
-                raise BadUpstream(reason="upstream_body_too_large")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        for pool in self._pools.values():
+            pool.close()
 
     async def send(
         self, route: Route, method: str, path: str, body: bytes | None, request_id: str
@@ -117,29 +105,24 @@ class Forwarder:
     async def _send(
         self, route: Route, method: str, path: str, body: bytes | None, request_id: str
     ) -> UpstreamResponse:
-        session = self._started()
         upstream = route.upstream
-        url = f"{str(upstream.url).rstrip('/')}{path}"
         headers = {"x-request-id": request_id, "accept": "application/json"}
         if body is not None:
             headers["content-type"] = "application/json"
-        timeout = aiohttp.ClientTimeout(
-            total=upstream.timeout_s, sock_connect=upstream.connect_timeout_s
-        )
         try:
-            async with session.request(
-                method, url, data=body, headers=headers, allow_redirects=False, timeout=timeout
-            ) as response:
-                payload = await self._read_bounded(response)
-                status = response.status
-                content_type = response.content_type
+            async with asyncio.timeout(upstream.timeout_s):
+                answer = await self._pool(route).exchange(
+                    method, path, headers, body, connect_timeout_s=upstream.connect_timeout_s
+                )
         except TimeoutError:
             raise UpstreamTimeout(reason="upstream_timeout") from None
-        except aiohttp.ClientConnectorError:
+        except ConnectFailed:
             raise UpstreamUnavailable(reason="upstream_connect_failed") from None
-        except aiohttp.ClientError:
+        except AnswerTooLarge:
+            raise BadUpstream(reason="upstream_body_too_large") from None
+        except UpstreamError:
             raise BadUpstream(reason="upstream_protocol_error") from None
-        return self._check(status, content_type, payload)
+        return self._check(answer.status, answer.content_type, answer.body)
 
     def _check(self, status: int, content_type: str, payload: bytes) -> UpstreamResponse:
         if content_type != "application/json":
@@ -156,16 +139,18 @@ class Forwarder:
 
     async def probe(self, route: Route) -> bool:
         """True when the upstream answers its readiness endpoint with 200."""
-        upstream = route.upstream
         try:
-            async with self._started().get(
-                f"{str(upstream.url).rstrip('/')}/v2/health/ready",
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=1.0),
-            ) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                answer = await self._pool(route).exchange(
+                    "GET",
+                    "/v2/health/ready",
+                    {"accept": "application/json"},
+                    None,
+                    connect_timeout_s=route.upstream.connect_timeout_s,
+                )
+        except (UpstreamError, TimeoutError):
             return False
+        return answer.status == 200
 
 
 def _upstream_message(payload: bytes) -> str | None:
