@@ -10,7 +10,7 @@ import ssl
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from gateway import logs, metrics, tls
+from gateway import logs, metrics, tls, transport
 from gateway.app import Gateway, create_app
 from gateway.audit import AuditSink, AuditTrail, FileSink, StdoutSink
 from gateway.forward import Forwarder
@@ -115,6 +115,7 @@ def hypercorn_config(settings: GatewaySettings) -> Config:
 
 
 async def _serve(settings: GatewaySettings) -> None:
+    transport.install()  # one write per response, no task per read (gateway/transport.py)
     config = hypercorn_config(settings)
     gw = build_gateway(settings)
     app = create_app(gw)
