@@ -19,12 +19,19 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
+from gateway.asgi import (
+    BodyTimeout,
+    BodyTooLarge,
+    ClientGone,
+    cancel_if_client_leaves,
+    read_body,
+    send_json,
+)
 from gateway.envelope import Kind
 from gateway.errors import GatewayError, InternalError, PayloadTooLarge, RequestTimeout
 from gateway.exchange import Exchange, RequestPath, security_headers
@@ -35,11 +42,6 @@ _ROUTES: tuple[tuple[re.Pattern[str], str, Kind, str], ...] = (
     (re.compile(r"/v2/models/([^/]+)/infer"), "infer", "v2", "/v2/models/{}/infer"),
     (re.compile(r"/v1/models/([^/]+):predict"), "predict", "v1", "/v1/models/{}:predict"),
 )
-_JSON = (b"content-type", b"application/json")
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer: audited as 499, nothing is sent."""
 
 
 class _Request:
@@ -144,18 +146,12 @@ class ScoringPath:
             ex.reason = "client_disconnected"
             self._path.audit(ex, 499, 0)
             raise
-        headers = [
-            _JSON,
-            (b"content-length", str(len(body)).encode()),
-            *self._security,
-            (b"x-request-id", ex.request_id.encode()),
-        ]
+        headers = [*self._security, (b"x-request-id", ex.request_id.encode())]
         headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
         if ex.close_connection and scope["http_version"].startswith("1"):
             headers.append((b"connection", b"close"))
         self._path.audit(ex, status, len(body))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await send_json(send, status, body, headers)
 
     async def _score(
         self,
@@ -180,7 +176,7 @@ class ScoringPath:
         )
         path.check_content_type(request.content_type.partition(";")[0].strip().lower())
         body = await self._read_body(ex, request, receive)
-        with self._watch_disconnect(receive) as gone:
+        with cancel_if_client_leaves(receive) as gone:
             try:
                 await path.charge(ex, route, body, kind)
                 upstream = await path.gw.forwarder.send(
@@ -195,32 +191,23 @@ class ScoringPath:
     async def _read_body(
         self, ex: Exchange, request: _Request, receive: ASGIReceiveCallable
     ) -> bytes:
-        """The whole body, within the size limit and the body timeout (slowloris on the
-        body: OWASP DoS cheat sheet), as Quart's MAX_CONTENT_LENGTH and BODY_TIMEOUT do."""
+        """The whole body, within the size limit and the body timeout, as Quart's
+        MAX_CONTENT_LENGTH and BODY_TIMEOUT did."""
         ex.body_read = True
-        declared = request.content_length
-        if declared is not None and declared.isdigit() and int(declared) > self._limit:
-            raise PayloadTooLarge(reason="body_too_large")
-        chunks: list[bytes] = []
-        size = 0
         try:
-            async with asyncio.timeout(self._body_timeout_s):
-                while True:
-                    message = await receive()
-                    if message["type"] != "http.request":
-                        raise ClientGone
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self._limit:
-                        raise PayloadTooLarge(reason="body_too_large")
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
+            body = await read_body(
+                receive,
+                limit=self._limit,
+                declared=request.content_length,
+                timeout_s=self._body_timeout_s,
+            )
+        except BodyTooLarge:
+            raise PayloadTooLarge(reason="body_too_large") from None
+        except BodyTimeout:
             ex.close_connection = True
             raise RequestTimeout(reason="body_timeout") from None
-        ex.bytes_in = size
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        ex.bytes_in = len(body)
+        return body
 
     async def _refuse(
         self, ex: Exchange, exc: GatewayError, request: _Request, receive: ASGIReceiveCallable
@@ -236,29 +223,3 @@ class ScoringPath:
             with contextlib.suppress(GatewayError, ClientGone):
                 await self._read_body(ex, request, receive)
         return self._path.error_payload(ex, exc)
-
-    @staticmethod
-    @contextlib.contextmanager
-    def _watch_disconnect(receive: ASGIReceiveCallable) -> Iterator[Callable[[], bool]]:
-        """While the request is forwarded, a client that disconnects cancels the work, as
-        Quart would: its scorer call is abandoned and it is audited as 499."""
-        task = asyncio.current_task()
-        left = False
-
-        def done(message: asyncio.Future[Any]) -> None:
-            nonlocal left
-            if message.cancelled() or message.exception() is not None:
-                return
-            left = True  # after a complete body, the only message left is http.disconnect
-            if task is not None:
-                task.cancel()
-
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(done)
-        try:
-            yield lambda: left
-        finally:
-            watcher.remove_done_callback(done)
-            watcher.cancel()
-            if left and task is not None:
-                task.uncancel()

@@ -1,29 +1,27 @@
 """The scorer's REST layer: Open Inference Protocol v2 plus the v1 ``instances`` form.
 
-Reachable only from the gateway (a ClusterIP on AKS, loopback here). Bodies are parsed
-with orjson, validated by `dataplane`, and predictions run off the event loop: in a
-worker thread per request, or through a model's dynamic batcher (`scorer.batching`).
-``/metrics`` serves the batchers' Prometheus series (internal, as the whole scorer is).
+Reachable only from the gateway (a ClusterIP on AKS, loopback here). The scoring POSTs
+are served by `scorer.scoring` in front of this Quart app: bodies parsed with orjson,
+validated by `dataplane`, predictions run by the model's scheduler (`scorer.batching`).
+Quart serves health, metadata, and ``/metrics`` with the batchers' Prometheus series
+(internal, as the whole scorer is).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from quart import Quart, Response, request
+from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
 from scorer import dataplane
 from scorer.batching import BatchMetrics, DynamicBatcher, Scheduler, Unbatched
-from scorer.errors import InternalError, InvalidInput, ModelNotFound, PayloadTooLarge, ScorerError
-from scorer.repository import ModelSettings
+from scorer.errors import InternalError, ModelNotFound, PayloadTooLarge, ScorerError
 from scorer.runtime import Runtime
+from scorer.scoring import ScoringPath
 
 log = logging.getLogger("scorer")
 JSON = "application/json"
@@ -37,21 +35,13 @@ def _error(exc: ScorerError) -> Response:
     return _json({"error": {"code": exc.code, "message": exc.message}}, exc.status)
 
 
-def scheduler_for(runtime: Runtime, metrics: BatchMetrics) -> Scheduler:
+def scheduler_for(
+    runtime: Runtime, metrics: BatchMetrics, *, inline_budget_s: float = 0.0
+) -> Scheduler:
     spec = runtime.settings.batching
     if spec is None:
-        return Unbatched(runtime.predict)
+        return Unbatched(runtime.predict, inline_budget_s=inline_budget_s)
     return DynamicBatcher(runtime.settings.name, runtime.predict, spec, metrics)
-
-
-Decode = Callable[[Any, ModelSettings], np.ndarray[Any, Any]]
-
-
-async def _decoded(decode: Decode, body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
-    if settings.image is None:
-        return decode(body, settings)
-    # Decoding PNG/JPEG is CPU work: off the event loop, like the model itself.
-    return await asyncio.to_thread(decode, body, settings)
 
 
 def create_app(
@@ -59,13 +49,17 @@ def create_app(
     *,
     max_body_bytes: int,
     registry: CollectorRegistry | None = None,
+    inline_budget_s: float = 0.0,
 ) -> Quart:
     app = Quart("scorer")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     registry = registry if registry is not None else CollectorRegistry()
     metrics = BatchMetrics(registry)
-    schedulers = {name: scheduler_for(runtime, metrics) for name, runtime in models.items()}
+    schedulers = {
+        name: scheduler_for(runtime, metrics, inline_budget_s=inline_budget_s)
+        for name, runtime in models.items()
+    }
 
     @app.before_serving
     async def _start() -> None:
@@ -83,16 +77,6 @@ def create_app(
         if runtime is None:
             raise ModelNotFound(f"model {name!r} is not served here")
         return runtime
-
-    async def body_json() -> Any:
-        length = request.content_length
-        if length is not None and length > max_body_bytes:
-            raise PayloadTooLarge(f"body exceeds {max_body_bytes} bytes")
-        data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise InvalidInput("the body is not valid JSON") from None
 
     @app.errorhandler(ScorerError)
     async def _scorer_error(exc: ScorerError) -> Response:
@@ -138,27 +122,17 @@ def create_app(
         model(name)
         return _json({"name": name, "ready": True})
 
+    # The scoring POSTs are answered by `scorer.scoring` before Quart sees them; their
+    # rules stay here so that Quart answers any other method on them with 405.
     @app.post("/v2/models/<name>/infer")
     async def infer(name: str) -> Response:
-        runtime = model(name)
-        scheduler = schedulers[name]
-        with scheduler.expecting():  # a batch may wait while this body arrives and decodes
-            body = await body_json()
-            names = dataplane.requested_outputs(body, runtime.outputs)
-            batch = await _decoded(dataplane.decode_v2, body, runtime.settings)
-        outputs = await scheduler.run(batch, names)
-        dataplane.check_outputs(outputs)
-        request_id = body.get("id") if isinstance(body.get("id"), str) else None
-        return _json(dataplane.encode_v2(outputs, runtime.settings, request_id))
+        raise InternalError("scoring path bypassed")
 
     @app.post("/v1/models/<name>:predict")
     async def predict_v1(name: str) -> Response:
-        runtime = model(name)
-        scheduler = schedulers[name]
-        with scheduler.expecting():
-            batch = await _decoded(dataplane.decode_v1, await body_json(), runtime.settings)
-        outputs = await scheduler.run(batch, runtime.outputs[:1])
-        dataplane.check_outputs(outputs)
-        return _json(dataplane.encode_v1(outputs))
+        raise InternalError("scoring path bypassed")
 
+    app.asgi_app = ScoringPath(  # type: ignore[method-assign]
+        app.asgi_app, models, schedulers, max_body_bytes=max_body_bytes
+    )
     return app

@@ -33,6 +33,11 @@ class PayloadTooLarge(ScorerError):
     code = "payload_too_large"
 
 
+class RequestTimeout(ScorerError):
+    status = 408
+    code = "request_timeout"
+
+
 class ModelNotFound(ScorerError):
     status = 404
     code = "model_not_found"

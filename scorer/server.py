@@ -70,7 +70,11 @@ def hypercorn_config(settings: ScorerSettings) -> Config:
 async def _serve(settings: ScorerSettings) -> None:
     models = load_models(settings)
     log.warning("scorer serving %s on %s:%s", sorted(models), settings.host, settings.port)
-    app = create_app(models, max_body_bytes=settings.max_body_bytes)
+    app = create_app(
+        models,
+        max_body_bytes=settings.max_body_bytes,
+        inline_budget_s=settings.inline_predict_us / 1e6,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

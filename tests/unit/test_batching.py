@@ -227,3 +227,62 @@ async def test_a_cancelled_request_is_skipped_not_computed() -> None:
     assert (await kept)["sum"].tolist() == [8.0]
     await b.stop()
     assert model.batches == [1, 1]
+
+
+class ThreadSpy:
+    """A stand-in model that records which thread ran it and takes ``seconds`` per call."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.threads: list[bool] = []  # True when it ran on the event loop's thread
+
+    def __call__(self, rows: Array, outputs: tuple[str, ...]) -> dict[str, Array]:
+        self.threads.append(threading.current_thread() is threading.main_thread())
+        if self.seconds:
+            time.sleep(self.seconds)
+        return {"double": rows * 2 + 1}
+
+
+async def test_unbatched_fast_predictions_move_onto_the_loop_slow_ones_stay_in_a_thread() -> None:
+    from scorer.batching import Unbatched
+
+    rows = np.ones((1, 4), dtype=np.float32)
+    fast = ThreadSpy()
+    scheduler = Unbatched(fast, inline_budget_s=0.005)
+    for _ in range(4):
+        assert (await scheduler.run(rows, ("double",)))["double"].tolist() == [[3.0] * 4]
+    # Measured first in a thread, then cheaper than the hand-off: on the loop.
+    assert fast.threads == [False, True, True, True]
+    # The budget is per request: a large request from the same model goes to a thread.
+    await scheduler.run(np.ones((100_000, 4), dtype=np.float32), ("double",))
+    assert fast.threads[-1] is False
+    slow = ThreadSpy(seconds=0.01)
+    scheduler = Unbatched(slow, inline_budget_s=0.005)
+    for _ in range(3):
+        await scheduler.run(rows, ("double",))
+    assert slow.threads == [False, False, False]
+
+
+async def test_a_model_that_turns_slow_goes_back_to_the_thread_at_once() -> None:
+    from scorer.batching import Unbatched
+
+    rows = np.ones((1, 4), dtype=np.float32)
+    model = ThreadSpy()
+    scheduler = Unbatched(model, inline_budget_s=0.005)
+    await scheduler.run(rows, ("double",))
+    await scheduler.run(rows, ("double",))
+    model.seconds = 0.02  # e.g. the machine is suddenly busy
+    await scheduler.run(rows, ("double",))  # on the loop, measured slow
+    model.seconds = 0.0
+    await scheduler.run(rows, ("double",))
+    assert model.threads == [False, True, True, False]
+
+
+async def test_an_inline_budget_of_zero_always_uses_the_thread() -> None:
+    from scorer.batching import Unbatched
+
+    model = ThreadSpy()
+    scheduler = Unbatched(model, inline_budget_s=0.0)
+    for _ in range(3):
+        await scheduler.run(np.ones((1, 4), dtype=np.float32), ("double",))
+    assert model.threads == [False, False, False]
