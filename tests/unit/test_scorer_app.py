@@ -91,3 +91,45 @@ def test_discover_serves_only_this_process_runtimes(model_repo: Path) -> None:
     assert discover(model_repo, ("torch",)) == []
     with pytest.raises(ArtifactError, match="does not exist"):
         discover(model_repo / "none", ("sklearn",))
+
+
+async def test_a_streamed_body_over_the_limit_is_413_without_a_declared_length(
+    app: Quart,
+) -> None:
+    client = app.test_client()
+    async with client.request(
+        "/v1/models/iris:predict", method="POST", headers={"content-type": "application/json"}
+    ) as connection:
+        for _ in range(5):  # 5 x 1000 bytes against a 4096-byte limit, no Content-Length
+            await connection.send(b" " * 1000)
+        await connection.send_complete()
+    response = await connection.as_response()
+    assert response.status_code == 413
+    assert (await response.get_json())["error"]["code"] == "payload_too_large"
+
+
+async def test_a_caller_that_leaves_gets_nothing_and_the_scorer_serves_on(app: Quart) -> None:
+    client = app.test_client()
+    async with client.request(
+        "/v1/models/iris:predict", method="POST", headers={"content-type": "application/json"}
+    ) as connection:
+        await connection.send(b'{"instances": ')
+        await connection.disconnect()
+    assert connection.status_code is None  # no answer was started
+    r = await client.post("/v1/models/iris:predict", json={"instances": ROWS})
+    assert r.status_code == 200
+
+
+async def test_an_unexpected_error_is_a_generic_500(
+    app: Quart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scorer import dataplane
+
+    def explode(*args: object) -> None:
+        raise RuntimeError("/srv/models/secret-path")
+
+    monkeypatch.setattr(dataplane, "encode_v1", explode)
+    r = await app.test_client().post("/v1/models/iris:predict", json={"instances": ROWS})
+    text = await r.get_data(as_text=True)
+    assert r.status_code == 500 and "secret-path" not in text and "RuntimeError" not in text
+    assert (await r.get_json())["error"]["code"] == "internal_error"
