@@ -27,7 +27,7 @@ class ScorerSettings(BaseSettings):
     # Unbatched models whose measured prediction time is at most this run on the event
     # loop instead of a worker thread (the hand-off costs more than they do); 0: always
     # in a thread. It bounds how long one prediction may hold up other requests.
-    inline_predict_us: float = Field(default=500.0, ge=0, le=100_000)
+    inline_predict_us: float = Field(default=1000.0, ge=0, le=100_000)
     # TLS for the gateway → scorer hop (optional); with tls_client_ca, mutual TLS: only
     # clients with a certificate from that CA (the gateway's) complete the handshake.
     tls_cert: Path | None = None
