@@ -59,24 +59,30 @@ LIBRARIES = (
 )
 
 
-FORWARDING = "forwarding to the scorer (aiohttp)"
+FORWARDING = "forwarding to the scorer (gateway/upstream.py, httptools)"
 # Step of the request path a sample belongs to: the innermost of these functions on its
 # stack (first match from the leaf up); samples with none are the event loop's own time.
 PHASES = (
     ("AuditTrail.run", "audit writer (background: seal, chain, write in a thread)"),
     ("KeyRing.run", "key refresh (background)"),
-    ("Forwarder.send", FORWARDING),
+    ("Forwarder.", FORWARDING),
+    ("UpstreamPool.", FORWARDING),
+    ("_Connection.", FORWARDING),
     ("Limiter.", "rate limits (limits, memory://)"),
     ("JWTValidator.", "authentication (JWT)"),
     ("authenticate", "authentication"),
-    ("record_audit", "audit record (build and queue)"),
+    ("RequestPath.audit", "audit record (build and queue)"),
+    ("RequestPath.", "gateway request path (own code)"),
+    ("ScoringPath.", "gateway request path (own code)"),
     ("create_app.<locals>.", "gateway request hooks and handlers (own code)"),
     ("Quart.", "Quart/Werkzeug request handling"),
     ("ASGIHTTPConnection.", "Quart/Werkzeug request handling"),
     ("TCPServer.protocol_send", "Hypercorn: response bytes to the socket (TLS write, send)"),
     ("H11Protocol.", "Hypercorn: HTTP/1.1 protocol (h11)"),
+    ("CoalescingH11Protocol.", "Hypercorn: HTTP/1.1 protocol (h11)"),
     ("HTTPStream.", "Hypercorn: HTTP/1.1 protocol (h11)"),
     ("TCPServer.", "Hypercorn: connection reads and timers (TLS read, recv)"),
+    ("TimeoutReadTCPServer.", "Hypercorn: connection reads and timers (TLS read, recv)"),
     ("_worker (concurrent", "thread pool (audit file writes)"),
 )
 
@@ -86,9 +92,6 @@ def phase(frames: list[str]) -> str:
         for marker, name in PHASES:
             if frame.startswith(marker):
                 return name
-    # aiohttp writes the request in a task of its own, and parses responses in callbacks.
-    if any("(aiohttp/" in frame for frame in frames):
-        return FORWARDING
     return "event loop itself (uvloop: polling, TLS, callbacks)"
 
 
