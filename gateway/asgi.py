@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 JSON_TYPE = (b"content-type", b"application/json")
+T = TypeVar("T")
+
+
+def match_post(scope: Scope, routes: Iterable[tuple[re.Pattern[str], T]]) -> tuple[T, str] | None:
+    """For an HTTP POST whose path matches one of the patterns (each with one group, the
+    model's name, as Werkzeug's default converter writes it): that route's value and the
+    name; None for anything else, which the Quart app behind answers."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    path = scope["path"]
+    for pattern, value in routes:
+        found = pattern.fullmatch(path)
+        if found is not None:
+            return value, found.group(1)
+    return None
 
 
 class ClientGone(Exception):

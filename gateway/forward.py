@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
 
 import orjson
 
@@ -28,6 +27,7 @@ from gateway.errors import (
 )
 from gateway.policy import Route
 from gateway.upstream import (
+    Answer,
     AnswerTooLarge,
     ConnectFailed,
     UpstreamError,
@@ -37,12 +37,6 @@ from gateway.upstream import (
 # Upstream client errors that carry a safe message of ours back to the caller.
 _PASSED_THROUGH: dict[int, type[GatewayError]] = {422: InvalidRequest, 413: PayloadTooLarge}
 _MESSAGE_LIMIT = 300
-
-
-@dataclass(frozen=True)
-class UpstreamResponse:
-    status: int
-    body: bytes
 
 
 class Forwarder:
@@ -85,7 +79,7 @@ class Forwarder:
 
     async def send(
         self, route: Route, method: str, path: str, body: bytes | None, request_id: str
-    ) -> UpstreamResponse:
+    ) -> Answer:
         breaker = self.breaker(route)
         breaker.before()
         try:
@@ -104,7 +98,7 @@ class Forwarder:
 
     async def _send(
         self, route: Route, method: str, path: str, body: bytes | None, request_id: str
-    ) -> UpstreamResponse:
+    ) -> Answer:
         upstream = route.upstream
         headers = {"x-request-id": request_id, "accept": "application/json"}
         if body is not None:
@@ -122,16 +116,19 @@ class Forwarder:
             raise BadUpstream(reason="upstream_body_too_large") from None
         except UpstreamError:
             raise BadUpstream(reason="upstream_protocol_error") from None
-        return self._check(answer.status, answer.content_type, answer.body)
+        return self._check(answer)
 
-    def _check(self, status: int, content_type: str, payload: bytes) -> UpstreamResponse:
-        if content_type != "application/json":
+    @staticmethod
+    def _check(answer: Answer) -> Answer:
+        """A 2xx JSON answer, passed on; anything else becomes the gateway's own error."""
+        status = answer.status
+        if answer.content_type != "application/json":
             raise BadUpstream(reason="upstream_not_json")
         if 200 <= status < 300:
-            return UpstreamResponse(status, payload)
+            return answer
         if status in _PASSED_THROUGH:
             raise _PASSED_THROUGH[status](
-                _upstream_message(payload), reason="upstream_rejected_input"
+                _upstream_message(answer.body), reason="upstream_rejected_input"
             )
         if status == 503:
             raise UpstreamUnavailable(reason="upstream_503")

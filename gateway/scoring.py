@@ -29,6 +29,7 @@ from gateway.asgi import (
     BodyTooLarge,
     ClientGone,
     cancel_if_client_leaves,
+    match_post,
     read_body,
     send_json,
 )
@@ -38,9 +39,9 @@ from gateway.exchange import Exchange, RequestPath, security_headers
 
 log = logging.getLogger("gateway")
 # Werkzeug's default converter, as the Quart rules write them: one non-empty segment.
-_ROUTES: tuple[tuple[re.Pattern[str], str, Kind, str], ...] = (
-    (re.compile(r"/v2/models/([^/]+)/infer"), "infer", "v2", "/v2/models/{}/infer"),
-    (re.compile(r"/v1/models/([^/]+):predict"), "predict", "v1", "/v1/models/{}:predict"),
+_ROUTES: tuple[tuple[re.Pattern[str], tuple[str, Kind, str]], ...] = (
+    (re.compile(r"/v2/models/([^/]+)/infer"), ("infer", "v2", "/v2/models/{}/infer")),
+    (re.compile(r"/v1/models/([^/]+):predict"), ("predict", "v1", "/v1/models/{}:predict")),
 )
 
 
@@ -91,15 +92,13 @@ class ScoringPath:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            for pattern, endpoint, kind, upstream_path in _ROUTES:
-                found = pattern.fullmatch(scope["path"])
-                if found is not None:
-                    model = found.group(1)
-                    await self._serve(
-                        scope, receive, send, endpoint, kind, model, upstream_path.format(model)
-                    )
-                    return
+        matched = match_post(scope, _ROUTES)
+        if matched is not None:
+            (endpoint, kind, upstream_path), model = matched
+            await self._serve(
+                scope, receive, send, endpoint, kind, model, upstream_path.format(model)
+            )
+            return
         await self._app(scope, receive, send)
 
     async def _serve(

@@ -21,7 +21,7 @@ from scorer import dataplane
 from scorer.batching import BatchMetrics, DynamicBatcher, Scheduler, Unbatched
 from scorer.errors import InternalError, ModelNotFound, PayloadTooLarge, ScorerError
 from scorer.runtime import Runtime
-from scorer.scoring import ScoringPath
+from scorer.scoring import ScoringPath, error_body
 
 log = logging.getLogger("scorer")
 JSON = "application/json"
@@ -32,7 +32,7 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 
 def _error(exc: ScorerError) -> Response:
-    return _json({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+    return Response(error_body(exc), status=exc.status, content_type=JSON)
 
 
 def scheduler_for(

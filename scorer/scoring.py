@@ -24,6 +24,7 @@ from gateway.asgi import (
     BodyTooLarge,
     ClientGone,
     cancel_if_client_leaves,
+    match_post,
     read_body,
     send_json,
 )
@@ -41,8 +42,10 @@ from scorer.repository import ModelSettings
 from scorer.runtime import Runtime
 
 log = logging.getLogger("scorer")
-_V2 = re.compile(r"/v2/models/([^/]+)/infer")
-_V1 = re.compile(r"/v1/models/([^/]+):predict")
+_ROUTES = (
+    (re.compile(r"/v2/models/([^/]+)/infer"), "v2"),
+    (re.compile(r"/v1/models/([^/]+):predict"), "v1"),
+)
 # A body that has not arrived in this time is abandoned (the gateway's own limit is
 # shorter; this bounds a caller that is not the gateway).
 BODY_TIMEOUT_S = 60.0
@@ -78,13 +81,11 @@ class ScoringPath:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            for pattern, kind in ((_V2, "v2"), (_V1, "v1")):
-                found = pattern.fullmatch(path)
-                if found is not None:
-                    await self._serve(scope, receive, send, found.group(1), kind)
-                    return
+        matched = match_post(scope, _ROUTES)
+        if matched is not None:
+            kind, name = matched
+            await self._serve(scope, receive, send, name, kind)
+            return
         await self._app(scope, receive, send)
 
     async def _serve(

@@ -52,6 +52,19 @@ async def answer_ok(
         await writer.drain()
 
 
+def replying(answer: bytes) -> Handler:
+    """A scorer that reads one request, says exactly ``answer`` and closes."""
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: RawServer
+    ) -> None:
+        if await read_request(reader, state) is not None:
+            writer.write(answer)
+            await writer.drain()
+
+    return handler
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[RawServer]:
     state = RawServer(handler=answer_ok)
@@ -108,14 +121,7 @@ async def test_connections_are_kept_alive_and_reused(server: RawServer) -> None:
 async def test_a_connection_the_scorer_closed_while_idle_is_retried_once(
     server: RawServer,
 ) -> None:
-    async def answer_once_then_close(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: RawServer
-    ) -> None:
-        if await read_request(reader, state) is not None:
-            writer.write(OK)
-            await writer.drain()
-
-    server.handler = answer_once_then_close
+    server.handler = replying(OK)  # answers once, then closes the connection
     pool = pool_for(server)
     await exchange(pool)
     await asyncio.sleep(0.05)  # the scorer's close reaches us while the connection idles
@@ -162,14 +168,7 @@ async def test_connect_refused_is_connect_failed() -> None:
 async def test_malformed_or_oversized_answers_are_refused(
     server: RawServer, answer: bytes, error: type[Exception]
 ) -> None:
-    async def say(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: RawServer
-    ) -> None:
-        await read_request(reader, state)
-        writer.write(answer)
-        await writer.drain()
-
-    server.handler = say
+    server.handler = replying(answer)
     pool = pool_for(server)
     with pytest.raises(error):
         await asyncio.wait_for(exchange(pool), 2)
@@ -246,14 +245,7 @@ async def test_unsolicited_bytes_make_an_idle_connection_unusable(server: RawSer
 
 
 async def test_interim_1xx_answers_are_skipped(server: RawServer) -> None:
-    async def continue_then_ok(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: RawServer
-    ) -> None:
-        await read_request(reader, state)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
-        await writer.drain()
-
-    server.handler = continue_then_ok
+    server.handler = replying(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
     assert (await exchange(pool_for(server))).status == 200  # type: ignore[attr-defined]
 
 
