@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import Storage
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
@@ -40,6 +40,7 @@ from limits.aio.strategies import (
 from limits.storage import storage_from_string
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.counters import LocalCounters
 from gateway.errors import GatewayError, Unavailable
 from gateway.policy import load_toml_model
 from gateway.principal import Principal
@@ -164,7 +165,7 @@ class Limiter:
         self.on_failure = on_failure
         self._shared: Storage = _storage(storage_uri)
         self._remote = not storage_uri.startswith(("memory://", "async+memory://"))
-        self._fallback: Storage = MemoryStorage()
+        self._fallback: Storage = LocalCounters()
         self._strategies: dict[tuple[int, str], RateLimiter] = {}
         self.degraded = False  # True while the shared storage is failing
         self._recheck_task: asyncio.Task[None] | None = None
@@ -344,8 +345,10 @@ def rate_key(principal: Principal) -> str:
 
 
 def _storage(uri: str) -> Storage:
-    if uri == "memory://":
-        uri = "async+memory://"  # the embedded default, written as users expect it
+    if uri in ("memory://", "async+memory://"):
+        # In process: our counters, whose cost per request does not grow with the number
+        # of callers (limits' own memory storage walks every key after each hit).
+        return LocalCounters()
     options: dict[str, float | str | bool] = {}
     if uri.startswith("async+redis"):
         options = {"connect_timeout": STORAGE_TIMEOUT_S, "stream_timeout": STORAGE_TIMEOUT_S}

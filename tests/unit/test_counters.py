@@ -1,0 +1,163 @@
+"""LocalCounters: the same answers as `limits`' memory storage, at a cost that does not
+grow with the number of callers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from limits import parse
+from limits.aio import strategies
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+
+from gateway.counters import LocalCounters
+from gateway.principal import Principal
+from gateway.ratelimit import Limiter, RateLimited, RateLimitPolicy
+
+STRATEGIES = [FixedWindowRateLimiter, MovingWindowRateLimiter, SlidingWindowCounterRateLimiter]
+
+
+class Clock:
+    def __init__(self, start: float = 1_800_000_000.25) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """One clock for both storages and the strategies (limits reads `time.time()`)."""
+    import limits.aio.storage.memory as memory
+
+    clock = Clock()
+    fake_time = types.SimpleNamespace(time=clock)
+    monkeypatch.setattr(memory, "time", fake_time)
+    monkeypatch.setattr(strategies, "time", fake_time)
+    return clock
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.__name__)
+async def test_every_answer_matches_limits_memory_storage(
+    clock: Clock, strategy: Callable[[Any], RateLimiter]
+) -> None:
+    ours, theirs = strategy(LocalCounters(clock=clock)), strategy(MemoryStorage())
+    items = [parse("5/second"), parse("20/minute"), parse("3/10 seconds")]
+    rng = random.Random(7)
+    for step in range(3000):
+        item = rng.choice(items)
+        who = rng.choice(["a", "b", "c"])
+        cost = rng.choice([1, 1, 1, 2, 4])
+        op = rng.random()
+        got: object
+        want: object
+        if op < 0.7:
+            got, want = await ours.hit(item, who, cost=cost), await theirs.hit(item, who, cost=cost)
+        elif op < 0.9:
+            got = await ours.test(item, who, cost=cost)
+            want = await theirs.test(item, who, cost=cost)
+        elif op < 0.97:
+            our_stats = await ours.get_window_stats(item, who)
+            their_stats = await theirs.get_window_stats(item, who)
+            got, want = our_stats, their_stats
+            if their_stats.remaining == item.amount:
+                # An empty moving window: limits answers with the start of an expired entry
+                # (a reset time in the past); ours says "now". Nothing is refused either way.
+                got, want = our_stats.remaining, their_stats.remaining
+        else:
+            await ours.clear(item, who)
+            await theirs.clear(item, who)
+            got, want = await ours.test(item, who), await theirs.test(item, who)
+        assert got == want, f"step {step}: {op=:.2f} {item} {who} cost {cost}"
+        clock.advance(rng.uniform(0.0, 0.4))
+
+
+async def test_expired_counters_are_dropped_without_walking_the_live_ones(clock: Clock) -> None:
+    counters = LocalCounters(clock=clock)
+    limiter = SlidingWindowCounterRateLimiter(counters)
+    item = parse("10/minute")
+    for n in range(500):
+        assert await limiter.hit(item, "address", f"10.0.{n}")
+    assert counters.keys_held() == 500
+    clock.advance(60)  # the current window's counters live two windows
+    assert await limiter.hit(item, "address", "late")
+    assert counters.keys_held() == 501
+    clock.advance(60.5)
+    assert await limiter.hit(item, "address", "later")  # one operation pops what expired
+    assert counters.keys_held() == 2  # "late" and "later": the first 500 are gone
+    moving = MovingWindowRateLimiter(counters)
+    assert await moving.hit(item, "principal", "p", cost=10)
+    assert not await moving.hit(item, "principal", "p")
+    clock.advance(61)
+    assert await moving.hit(item, "principal", "p")  # the window moved on
+    clock.advance(121)
+    assert await limiter.hit(item, "address", "x")
+    assert counters.keys_held() == 1  # idle moving windows go too
+
+
+async def profiled(action: Callable[[], Any]) -> int:
+    """Calls made while `action` runs and the loop runs whatever it scheduled."""
+    count = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        await action()
+        for _ in range(5):  # let any task the hit started run to completion
+            await asyncio.sleep(0)
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+async def test_many_distinct_addresses_cannot_make_every_request_walk_every_counter() -> None:
+    """CPU amplification through the limiter (OWASP API4): callers from many addresses
+    (an IPv6 prefix holds billions) leave a counter each; the work behind one more request
+    must not grow with them. `limits`' own memory storage walks every key after each hit."""
+    policy = RateLimitPolicy.model_validate(
+        {
+            "defaults": {
+                "per_principal": "100000/minute",
+                "per_address": "1000/minute",
+                "failed_auth_per_address": "",
+                "per_principal_model": "",
+            }
+        }
+    )
+    limiter = Limiter(policy, "memory://", "closed")
+    who = Principal(subject="caller", credential="api_key", scopes=frozenset())
+
+    async def request(address: str) -> None:
+        await limiter.check_address(address)
+        await limiter.check_principal(who, "iris", 1)
+
+    for n in range(20):
+        await request(f"2001:db8::{n:x}")
+    few = await profiled(lambda: request("2001:db8::ffff:1"))
+    for n in range(20_000):
+        await request(f"2001:db8::1:{n:x}")
+    many = await profiled(lambda: request("2001:db8::ffff:2"))
+    # The same work, give or take a heap level; walking 20,000 counters would be 20,000+ calls.
+    assert many <= few + 50, (few, many)
+    with pytest.raises(RateLimited):  # and the counts still hold
+        for _ in range(1001):
+            await limiter.check_address("2001:db8::ffff:3")
+    await limiter.close()
