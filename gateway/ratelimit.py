@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ipaddress
 import logging
 import math
 import time
@@ -306,6 +308,7 @@ class Limiter:
 
     async def check_address(self, address: str) -> None:
         """Before authentication: the per-address limit, and the failed-auth block."""
+        address = address_key(address)
         await self._hit(self._address, ("address", address), 1)
         failed = self._failed
         if failed is not None and self._may_be_blocked(address):
@@ -319,6 +322,7 @@ class Limiter:
         failed = self._failed
         if failed is None:
             return
+        address = address_key(address)
         now = time.monotonic()
         self._failed_until[address] = now + self._failed_span_s
         if now - self._failed_pruned > _PRUNE_S:  # bounded like the counters themselves
@@ -334,6 +338,30 @@ class Limiter:
         await self._hit(rule, ("principal", subject), cost)
         rule = self._overrides.get((subject, model), self._principal_model)
         await self._hit(rule, ("principal-model", subject, model), cost)
+
+
+def address_key(address: str) -> str:
+    """What an address limit counts: an IPv4 address, or the /64 holding an IPv6 one.
+
+    One IPv6 host may use any address of its /64 (RFC 4291 §2.5.1 interface identifiers;
+    RFC 8981 temporary addresses), so counting single IPv6 addresses would let one caller
+    rotate past the per-address and brute-force limits (OWASP API4, API2). An IPv4-mapped
+    address counts as the IPv4 address it maps (RFC 4291 §2.5.5.2).
+    """
+    if ":" not in address:  # IPv4, as the socket or a trusted proxy wrote it
+        return address
+    return _ipv6_key(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ipv6_key(address: str) -> str:
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address  # not an address (a proxy's odd entry): counted as written
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 def rate_key(principal: Principal) -> str:

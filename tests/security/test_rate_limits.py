@@ -151,6 +151,33 @@ def test_limits_are_keyed_by_principal_never_by_client_headers(
     assert predict(gateway, other).status_code == 200  # another principal has its own count
 
 
+def test_ipv6_address_rotation_within_one_64_cannot_evade_the_brute_force_limit(
+    stack: Stack, spawn_gateway: Any, tmp_path: Path
+) -> None:
+    # One IPv6 host may use every address of its /64: each guess from a fresh one.
+    gateway = spawn_gateway(
+        write_ratelimits(
+            tmp_path / "rl.toml", failed_auth_per_address="3/minute", per_address="1000/minute"
+        ),
+        SCOREGATE_TRUSTED_PROXY_HOPS="1",  # the address comes from our proxy's header
+    )
+    attacker = "2001:db8:7:7"
+    guesses = [
+        predict(gateway, f"sg_guess_{i}", **{"x-forwarded-for": f"{attacker}::{i + 1:x}"})
+        for i in range(4)
+    ]
+    assert [g.status_code for g in guesses] == [401, 401, 401, 429]
+    assert guesses[-1].json()["error"]["code"] == "rate_limited"
+    neighbour = predict(gateway, "sg_guess", **{"x-forwarded-for": "2001:db8:7:8::1"})
+    assert neighbour.status_code == 401  # another /64 is another caller
+    deadline = time.monotonic() + 5
+    clients: list[str] = []
+    while len(clients) < 5 and time.monotonic() < deadline:
+        clients = [r["client"] for r in gateway.audit_records() if r.get("route") == "predict"]
+        time.sleep(0.05)
+    assert clients[3] == f"{attacker}::4"  # the audit keeps the address itself
+
+
 def test_brute_force_failed_authentications_have_their_own_stricter_limit(
     stack: Stack, spawn_gateway: Any, tmp_path: Path
 ) -> None:

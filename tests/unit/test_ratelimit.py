@@ -11,7 +11,13 @@ import pytest
 
 from gateway.errors import Unavailable
 from gateway.principal import Principal
-from gateway.ratelimit import Limiter, RateLimited, RateLimitPolicy, RateLimitPolicyError
+from gateway.ratelimit import (
+    Limiter,
+    RateLimited,
+    RateLimitPolicy,
+    RateLimitPolicyError,
+    address_key,
+)
 from tests.conftest import SYSTEM_REDIS, RedisServer, free_port
 
 STORAGES = ["memory://", SYSTEM_REDIS]
@@ -162,6 +168,48 @@ async def test_address_limit_and_failed_authentication_block(
     with pytest.raises(RateLimited) as excinfo:
         await limiter.check_address(other)
     assert excinfo.value.reason == "rate_limit_address"
+
+
+async def test_ipv6_addresses_count_per_64_and_mapped_ipv4_as_ipv4(
+    storage: str, make: Callable[..., Limiter]
+) -> None:
+    limiter = make(
+        policy(per_address="3/minute", failed_auth_per_address="2/minute"), storage, "closed"
+    )
+    third = secrets.randbelow(65535)
+    prefix, neighbour = f"2001:db8:{third:x}:1", f"2001:db8:{third:x}:2"
+    for host in ("::1", "::2", ":a:b:c:d"):  # three addresses of one /64: one count
+        await limiter.check_address(f"{prefix}{host}")
+    with pytest.raises(RateLimited) as excinfo:
+        await limiter.check_address(f"{prefix}::ffff")
+    assert excinfo.value.reason == "rate_limit_address"
+    await limiter.check_address(f"{neighbour}::1")  # the next /64 is someone else
+    # Failed authentications from rotating addresses block the whole /64.
+    await limiter.failed_authentication(f"{neighbour}::2")
+    await limiter.failed_authentication(f"{neighbour}:0:0:0:3")
+    with pytest.raises(RateLimited) as excinfo:
+        await limiter.check_address(f"{neighbour}::4")
+    assert excinfo.value.reason == "rate_limit_failed-auth"
+    v4 = f"192.0.2.{secrets.randbelow(250)}"
+    for _ in range(3):
+        await limiter.check_address(v4)
+    with pytest.raises(RateLimited):
+        await limiter.check_address(f"::ffff:{v4}")  # the same IPv4 caller, mapped
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("10.1.2.3", "10.1.2.3"),
+        ("2001:db8:1:2::5", "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("unknown", "unknown"),
+        ("not:an:address", "not:an:address"),
+    ],
+)
+def test_address_key(address: str, key: str) -> None:
+    assert address_key(address) == key
 
 
 @pytest.mark.parametrize(
