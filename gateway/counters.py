@@ -11,8 +11,11 @@ API4, unrestricted resource consumption).
 
 This storage keeps the same counts, in the same keys, with expiry on a heap: a key is
 pushed once when it is created (and a moving window once per expiry while it is used),
-and each operation pops only what has expired. Every operation is synchronous on the
-event loop, so none needs a lock. It is per process, as the memory storage is.
+and each operation pops at most `_POPS_PER_OPERATION` expired entries, so a mass expiry
+is spread over the requests that follow it (a key read before its entry is popped is
+treated as expired on the spot). Every operation is synchronous on the event loop, so
+none needs a lock. Its time never goes backwards, whatever the wall clock does. It is
+per process, as the memory storage is.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from limits.aio.storage import MovingWindowSupport, SlidingWindowCounterSupport,
 from limits.storage.base import TimestampedSlidingWindow
 
 _COUNTER, _EVENTS = 0, 1
+# Each operation pushes at most one entry, so popping up to this many keeps the heap
+# draining while bounding what one request pays when many keys expire together.
+_POPS_PER_OPERATION = 32
 
 
 class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
@@ -39,8 +45,10 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
         self._clock = clock
         self._counts: dict[str, int] = {}
         self._expires: dict[str, float] = {}
+        self._now = 0.0
         self._events: dict[str, deque[float]] = {}  # acquisition times, oldest first
         self._event_expiry: dict[str, int] = {}
+        self._event_due: dict[str, float] = {}  # a moving window's one live heap entry
         self._deadlines: list[tuple[float, str, int]] = []  # (when, key, kind), a min-heap
 
     @property
@@ -52,23 +60,42 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
         return len(self._counts) + len(self._events)
 
     # -- expiry ----------------------------------------------------------------------
+    def _time(self) -> float:
+        """The wall clock, never going backwards: a stepped-back clock (NTP, a resumed VM)
+        must not unsort the moving windows or make an expired counter live again."""
+        now = self._clock()
+        if now > self._now:
+            self._now = now
+        return self._now
+
     def _expire(self, now: float) -> None:
         deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
+        again: list[tuple[float, str, int]] = []
+        for _ in range(_POPS_PER_OPERATION):
+            if not deadlines or deadlines[0][0] > now:
+                break
             when, key, kind = heapq.heappop(deadlines)
             if kind == _COUNTER:
                 if self._expires.get(key) == when:  # not cleared and made again since
                     del self._counts[key], self._expires[key]
                 continue
-            events = self._events.get(key)
-            if events is None:
+            if self._event_due.get(key) != when:  # cleared and made again since
                 continue
-            expiry = self._event_expiry[key]
+            events, expiry = self._events[key], self._event_expiry[key]
             _prune(events, now - expiry)
             if events:  # still in use: look again when its newest entry expires
-                heapq.heappush(deadlines, (events[-1] + expiry, key, _EVENTS))
+                due = max(events[-1] + expiry, now + 1.0)
+                self._event_due[key] = due
+                again.append((due, key, _EVENTS))
             else:
-                del self._events[key], self._event_expiry[key]
+                self._drop_events(key)
+        for entry in again:  # after the loop: an entry pushed back is never popped twice
+            heapq.heappush(deadlines, entry)
+
+    def _drop_events(self, key: str) -> None:
+        self._events.pop(key, None)
+        self._event_expiry.pop(key, None)
+        self._event_due.pop(key, None)
 
     def _count(self, key: str, now: float) -> int:
         expires = self._expires.get(key)
@@ -90,22 +117,22 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
 
     # -- Storage ---------------------------------------------------------------------
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        now = self._clock()
+        now = self._time()
         self._expire(now)
         return self._add(key, expiry, amount, now)
 
     async def decr(self, key: str, amount: int = 1) -> int:
-        now = self._clock()
+        now = self._time()
         count = self._count(key, now)
         if key in self._counts:
             count = self._counts[key] = max(count - amount, 0)
         return count
 
     async def get(self, key: str) -> int:
-        return self._count(key, self._clock())
+        return self._count(key, self._time())
 
     async def get_expiry(self, key: str) -> float:
-        return self._expires.get(key, self._clock())
+        return self._expires.get(key, self._time())
 
     async def check(self) -> bool:
         return True
@@ -114,25 +141,26 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
         held = max(len(self._counts), len(self._events))
         for table in (self._counts, self._expires, self._events, self._event_expiry):
             table.clear()
+        self._event_due.clear()
         self._deadlines.clear()
         return held
 
     async def clear(self, key: str) -> None:
         self._counts.pop(key, None)
         self._expires.pop(key, None)
-        self._events.pop(key, None)
-        self._event_expiry.pop(key, None)
+        self._drop_events(key)
 
     # -- moving window ---------------------------------------------------------------
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         if amount > limit:
             return False
-        now = self._clock()
+        now = self._time()
         self._expire(now)
         events = self._events.get(key)
         if events is None:
             events = self._events[key] = deque()
             self._event_expiry[key] = expiry
+            self._event_due[key] = now + expiry
             heapq.heappush(self._deadlines, (now + expiry, key, _EVENTS))
         _prune(events, now - expiry)
         if len(events) + amount > limit:
@@ -141,7 +169,7 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
         return True
 
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
-        now = self._clock()
+        now = self._time()
         events = self._events.get(key)
         if events:
             _prune(events, now - expiry)
@@ -155,7 +183,7 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
     ) -> bool:
         if amount > limit:
             return False
-        now = self._clock()
+        now = self._time()
         self._expire(now)
         previous_key, current_key = TimestampedSlidingWindow.sliding_window_keys(key, expiry, now)
         previous, previous_ttl, current, _ = self._window(previous_key, current_key, expiry, now)
@@ -166,13 +194,13 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
         return True
 
     async def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
-        now = self._clock()
+        now = self._time()
         previous_key, current_key = TimestampedSlidingWindow.sliding_window_keys(key, expiry, now)
         return self._window(previous_key, current_key, expiry, now)
 
     async def clear_sliding_window(self, key: str, expiry: int) -> None:
         previous_key, current_key = TimestampedSlidingWindow.sliding_window_keys(
-            key, expiry, self._clock()
+            key, expiry, self._time()
         )
         await self.clear(current_key)
         await self.clear(previous_key)

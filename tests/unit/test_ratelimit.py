@@ -204,8 +204,15 @@ async def test_ipv6_addresses_count_per_64_and_mapped_ipv4_as_ipv4(
         ("2001:db8:1:2::5", "2001:db8:1:2::/64"),
         ("2001:DB8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
         ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("64:ff9b::192.0.2.1", "192.0.2.1"),  # NAT64: IPv4 clients stay apart
+        ("2002:c000:201:7::1", "192.0.2.1"),  # 6to4: one IPv4 owner, one caller
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "192.0.2.45"),  # Teredo: the client
+        ("[2001:db8:1:2::9]:443", "2001:db8:1:2::/64"),  # a port a proxy wrote
+        ("192.0.2.1:5678", "192.0.2.1"),
+        ("fe80::1%eth0", "fe80::/64"),
         ("unknown", "unknown"),
-        ("not:an:address", "not:an:address"),
+        ("not:an:address", "raw:not:an:address"),
+        ("2001:db8::/64", "raw:2001:db8::/64"),  # cannot pass for a /64's key
     ],
 )
 def test_address_key(address: str, key: str) -> None:
