@@ -11,6 +11,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from pythonjsonlogger.json import JsonFormatter
 
+from gateway import transport
 from scorer.app import create_app
 from scorer.repository import discover
 from scorer.runtime import Runtime, load_runtime
@@ -68,6 +69,7 @@ def hypercorn_config(settings: ScorerSettings) -> Config:
 
 
 async def _serve(settings: ScorerSettings) -> None:
+    transport.install()  # one write per response, no task per read (gateway/transport.py)
     models = load_models(settings)
     log.warning("scorer serving %s on %s:%s", sorted(models), settings.host, settings.port)
     app = create_app(
