@@ -349,8 +349,8 @@ def address_key(address: str) -> str:
     that carries an IPv4 one (mapped, RFC 4291 §2.5.5.2; NAT64, RFC 6052; 6to4, RFC 3056;
     Teredo, RFC 4380) counts as that IPv4 address: NAT64 clients are not one caller, and a
     6to4 owner does not get 65,536 /64s. A port a proxy wrote ("192.0.2.1:5678",
-    "[2001:db8::1]:443") is dropped; an entry that is no address is counted as written,
-    apart from every address's key.
+    "[2001:db8::1]:443") is dropped. An entry that is no address is counted as written,
+    prefixed "raw:" when it holds a colon so that it cannot pass for an IPv6 /64's key.
     """
     if ":" not in address:  # IPv4, as the socket or a trusted proxy wrote it
         return address
