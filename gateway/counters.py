@@ -14,8 +14,8 @@ pushed once when it is created (and a moving window once per expiry while it is 
 and each operation pops at most `_POPS_PER_OPERATION` expired entries, so a mass expiry
 is spread over the requests that follow it (a key read before its entry is popped is
 treated as expired on the spot). Every operation is synchronous on the event loop, so
-none needs a lock. Its time never goes backwards, whatever the wall clock does. It is
-per process, as the memory storage is.
+none needs a lock. Its time follows the monotonic clock, so a stepped wall clock neither
+freezes nor revives a count. It is per process, as the memory storage is.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
 
     STORAGE_SCHEME = None  # built by the gateway, never from a URI
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
         super().__init__()
-        self._clock = clock
+        self._clock = clock or _steady_wall_clock()
         self._counts: dict[str, int] = {}
         self._expires: dict[str, float] = {}
         self._now = 0.0
@@ -61,8 +61,8 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
 
     # -- expiry ----------------------------------------------------------------------
     def _time(self) -> float:
-        """The wall clock, never going backwards: a stepped-back clock (NTP, a resumed VM)
-        must not unsort the moving windows or make an expired counter live again."""
+        """The clock, never going backwards: a stepped-back clock must not unsort the
+        moving windows or make an expired counter live again."""
         now = self._clock()
         if now > self._now:
             self._now = now
@@ -215,6 +215,18 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
         current = self._count(current_key, now)
         current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
         return previous, previous_ttl, current, current_ttl
+
+
+def _steady_wall_clock() -> Callable[[], float]:
+    """Wall-clock seconds that advance with the monotonic clock from now on.
+
+    A wall clock stepped forward and back again (NTP, a resumed VM) would otherwise
+    freeze every window until it caught up, or revive expired counts; the monotonic
+    clock does neither. Windows are still numbered from the epoch, as `limits` numbers
+    them.
+    """
+    offset = time.time() - time.monotonic()
+    return lambda: offset + time.monotonic()
 
 
 def _prune(events: deque[float], cutoff: float) -> None:

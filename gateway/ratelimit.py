@@ -346,11 +346,13 @@ def address_key(address: str) -> str:
     One IPv6 host may use any address of its /64 (RFC 4291 §2.5.1 interface identifiers;
     RFC 8981 temporary addresses), so counting single IPv6 addresses would let one caller
     rotate past the per-address and brute-force limits (OWASP API4, API2). An IPv6 address
-    that carries an IPv4 one (mapped, RFC 4291 §2.5.5.2; NAT64, RFC 6052; 6to4, RFC 3056;
-    Teredo, RFC 4380) counts as that IPv4 address: NAT64 clients are not one caller, and a
-    6to4 owner does not get 65,536 /64s. A port a proxy wrote ("192.0.2.1:5678",
-    "[2001:db8::1]:443") is dropped. An entry that is no address is counted as written,
-    prefixed "raw:" when it holds a colon so that it cannot pass for an IPv6 /64's key.
+    that carries an IPv4 one (mapped, RFC 4291 §2.5.5.2; NAT64 under the well-known
+    prefix 64:ff9b::/96, RFC 6052; 6to4, RFC 3056; Teredo, RFC 4380) counts as that IPv4
+    address: NAT64 clients are not one caller, and a 6to4 owner does not get 65,536 /64s.
+    (A network-specific NAT64 prefix is not known here: its clients share one /64.)
+    A port a proxy wrote ("192.0.2.1:5678", "[2001:db8::1]:443") is dropped. An entry
+    that is no address is counted as written, prefixed "raw:" when it holds a colon so
+    that it cannot pass for an address's key.
     """
     if ":" not in address:  # IPv4, as the socket or a trusted proxy wrote it
         return address
@@ -367,7 +369,11 @@ def _colon_key(address: str) -> str:
     if host.startswith("["):  # "[v6]:port" (RFC 3986 §3.2.2)
         host = host[1:].partition("]")[0]
     elif host.count(":") == 1:  # "v4:port": some proxies append the port
-        return host.partition(":")[0]
+        host = host.partition(":")[0]
+        try:
+            return str(ipaddress.IPv4Address(host))
+        except ValueError:
+            return f"raw:{address}"
     try:
         ip = ipaddress.IPv6Address(host.partition("%")[0])  # a zone id names no caller
     except ValueError:

@@ -8,10 +8,12 @@
    Python 3.11 wraps every read in a task of its own.
 
 Neither changes what is sent or when a connection is closed: the bytes on the wire are
-the same, in the same order, and the read timeout is the same. They replace Hypercorn's
-classes only for the versions they were written against (`PATCHED_VERSIONS`); any other
-version runs unpatched, and `tests/unit/test_transport.py` fails until this module is
-checked against it.
+the same, in the same order, and the read timeout is the same. (One exception: an app
+that fails after starting its answer but before any body sends no head at all, where
+Hypercorn would send the head alone; the client sees the connection close either way.)
+They replace Hypercorn's classes only for the versions they were written against
+(`PATCHED_VERSIONS`); any other version runs unpatched, and `tests/unit/test_transport.py`
+fails until this module is checked against it.
 """
 
 from __future__ import annotations

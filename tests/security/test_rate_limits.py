@@ -157,8 +157,8 @@ def test_ipv6_address_rotation_within_one_64_cannot_evade_the_brute_force_limit(
     # One IPv6 host may use every address of its /64: each guess from a fresh one.
     gateway = spawn_gateway(
         write_ratelimits(
-            tmp_path / "rl.toml", failed_auth_per_address="3/minute", per_address="1000/minute"
-        ),
+            tmp_path / "rl.toml", failed_auth_per_address="3/hour", per_address="1000/hour"
+        ),  # hours: no sliding-window boundary falls between the guesses
         SCOREGATE_TRUSTED_PROXY_HOPS="1",  # the address comes from our proxy's header
     )
     attacker = "2001:db8:7:7"
