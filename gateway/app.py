@@ -74,6 +74,7 @@ class Gateway:
             staleness=self.keys.staleness_s,
             audit_depth=lambda: self.audit.depth,
             audit_lost=lambda: self.audit.lost,
+            ratelimit_evicted=lambda: self.limiter.evicted,
         )
         for model in self.routes.models:
             route = self.routes.resolve(model)

@@ -21,6 +21,8 @@ freezes nor revives a count. It is per process, as the memory storage is.
 from __future__ import annotations
 
 import heapq
+import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from math import floor
 from limits.aio.storage import MovingWindowSupport, SlidingWindowCounterSupport, Storage
 from limits.storage.base import TimestampedSlidingWindow
 
+log = logging.getLogger("gateway.ratelimit")
 _COUNTER, _EVENTS = 0, 1
 # Each operation pushes at most one entry, so popping up to this many keeps the heap
 # draining while bounding what one request pays when many keys expire together.
@@ -40,9 +43,14 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
 
     STORAGE_SCHEME = None  # built by the gateway, never from a URI
 
-    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, clock: Callable[[], float] | None = None, max_keys: int | None = None
+    ) -> None:
         super().__init__()
         self._clock = clock or _steady_wall_clock()
+        self._max_keys = max_keys
+        self.evicted = 0  # keys forgotten early to stay under max_keys
+        self._warned = -math.inf
         self._counts: dict[str, int] = {}
         self._expires: dict[str, float] = {}
         self._now = 0.0
@@ -92,6 +100,35 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
         for entry in again:  # after the loop: an entry pushed back is never popped twice
             heapq.heappush(deadlines, entry)
 
+    def _made(self, now: float) -> None:
+        """A key was made: over the cap, forget the counts closest to expiring.
+
+        Each caller and limit holds a key, so callers from enough distinct addresses
+        could fill the process's memory (OWASP API4). At the cap the keys that would
+        expire soonest go first, the short windows' counts worth least; long windows
+        (the failed-authentication hour) are kept longest.
+        """
+        if self._max_keys is None or self.keys_held() <= self._max_keys:
+            return
+        deadlines = self._deadlines
+        while deadlines and self.keys_held() > self._max_keys:
+            when, key, kind = heapq.heappop(deadlines)
+            if kind == _COUNTER:
+                if self._expires.get(key) == when:
+                    del self._counts[key], self._expires[key]
+                    self.evicted += 1
+            elif self._event_due.get(key) == when:
+                self._drop_events(key)
+                self.evicted += 1
+        if now - self._warned > 60:
+            self._warned = now
+            log.warning(
+                "rate-limit counters at their cap (%d keys): forgetting the counts closest "
+                "to expiry (%d so far)",
+                self._max_keys,
+                self.evicted,
+            )
+
     def _drop_events(self, key: str) -> None:
         self._events.pop(key, None)
         self._event_expiry.pop(key, None)
@@ -113,6 +150,7 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
             when = now + expiry
             self._expires[key] = when
             heapq.heappush(self._deadlines, (when, key, _COUNTER))
+            self._made(now)
         return count
 
     # -- Storage ---------------------------------------------------------------------
@@ -162,6 +200,9 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
             self._event_expiry[key] = expiry
             self._event_due[key] = now + expiry
             heapq.heappush(self._deadlines, (now + expiry, key, _EVENTS))
+            self._made(now)
+            if key not in self._events:  # forgotten at once: the cap holds
+                return True
         _prune(events, now - expiry)
         if len(events) + amount > limit:
             return False

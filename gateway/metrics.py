@@ -72,6 +72,11 @@ class GatewayMetrics:
             "Audit records lost (only with audit_on_failure=open)",
             registry=r,
         )
+        self.ratelimit_evicted = Gauge(
+            "scoregate_ratelimit_counters_evicted",
+            "In-process rate-limit counts forgotten early to stay under their memory cap",
+            registry=r,
+        )
 
     def observe(self, event: AuditEvent, upstream: str | None) -> None:
         model = event.model or "-"
@@ -90,11 +95,13 @@ class GatewayMetrics:
         staleness: Callable[[], float | None],
         audit_depth: Callable[[], int],
         audit_lost: Callable[[], int],
+        ratelimit_evicted: Callable[[], int],
     ) -> None:
         """Gauges read at scrape time, from the components that own the numbers."""
         self.key_staleness.set_function(lambda: staleness() or 0.0)
         self.audit_depth.set_function(audit_depth)
         self.audit_lost.set_function(audit_lost)
+        self.ratelimit_evicted.set_function(ratelimit_evicted)
 
     def circuit_changed(self, upstream: str) -> Callable[[str], None]:
         gauge = self.circuit.labels(upstream)

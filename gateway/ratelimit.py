@@ -158,16 +158,24 @@ def _rule(name: str, text: str, strategy: StrategyName) -> _Rule | None:
     return _Rule(name, tuple(parse_many(text)), strategy) if text.strip() else None
 
 
+# About 240 bytes a counter: ~120 MB at the cap, well inside the gateway pod's limit.
+DEFAULT_MEMORY_MAX_KEYS = 500_000
+
+
 class Limiter:
     def __init__(
-        self, policy: RateLimitPolicy, storage_uri: str, on_failure: FailurePolicy
+        self,
+        policy: RateLimitPolicy,
+        storage_uri: str,
+        on_failure: FailurePolicy,
+        memory_max_keys: int | None = DEFAULT_MEMORY_MAX_KEYS,
     ) -> None:
         self.policy = policy
         self.storage_uri = storage_uri
         self.on_failure = on_failure
-        self._shared: Storage = _storage(storage_uri)
+        self._shared: Storage = _storage(storage_uri, memory_max_keys)
         self._remote = not storage_uri.startswith(("memory://", "async+memory://"))
-        self._fallback: Storage = LocalCounters()
+        self._fallback = LocalCounters(max_keys=memory_max_keys)
         self._strategies: dict[tuple[int, str], RateLimiter] = {}
         self.degraded = False  # True while the shared storage is failing
         self._recheck_task: asyncio.Task[None] | None = None
@@ -293,6 +301,13 @@ class Limiter:
         if pool is not None:
             pool.disconnect()
 
+    @property
+    def evicted(self) -> int:
+        """In-process counts forgotten early to stay under the memory cap."""
+        return sum(
+            s.evicted for s in (self._shared, self._fallback) if isinstance(s, LocalCounters)
+        )
+
     # -- the three checks the request path makes ---------------------------------------
     def _may_be_blocked(self, address: str) -> bool:
         """Whether the failed-authentication counts of this address need reading.
@@ -394,11 +409,11 @@ def rate_key(principal: Principal) -> str:
     return principal.subject
 
 
-def _storage(uri: str) -> Storage:
+def _storage(uri: str, memory_max_keys: int | None) -> Storage:
     if uri in ("memory://", "async+memory://"):
         # In process: our counters, whose cost per request does not grow with the number
         # of callers (limits' own memory storage walks every key after each hit).
-        return LocalCounters()
+        return LocalCounters(max_keys=memory_max_keys)
     options: dict[str, float | str | bool] = {}
     if uri.startswith("async+redis"):
         options = {"connect_timeout": STORAGE_TIMEOUT_S, "stream_timeout": STORAGE_TIMEOUT_S}

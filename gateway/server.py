@@ -81,7 +81,10 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
             ),
         ),
         limiter=Limiter(
-            limits, settings.rate_limit_storage, settings.rate_limit_on_storage_failure
+            limits,
+            settings.rate_limit_storage,
+            settings.rate_limit_on_storage_failure,
+            settings.rate_limit_memory_max_keys,
         ),
         audit=build_audit(settings),
     )

@@ -72,6 +72,9 @@ class GatewaySettings(BaseSettings):
     rate_limit_policy_file: Path = REPO_ROOT / "policies" / "ratelimits.toml"
     rate_limit_storage: str = "memory://"
     rate_limit_on_storage_failure: Literal["memory", "closed", "open"] = "memory"
+    # In-process counters (memory://, and the Redis fallback): one per caller and limit;
+    # at the cap the ones closest to expiry are forgotten (SECURITY.md, known limits).
+    rate_limit_memory_max_keys: int = Field(default=500_000, ge=1_000)
 
     # Audit.
     audit_sink: Literal["file", "stdout"] = "file"

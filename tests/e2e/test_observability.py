@@ -62,6 +62,7 @@ def test_metrics_count_requests_by_route_model_status_and_decision(stack: Stack)
         "scoregate_key_staleness_seconds",
         "scoregate_audit_queue_depth",
         "scoregate_audit_lost",
+        "scoregate_ratelimit_counters_evicted",
     ):
         assert re.search(rf"^{gauge} \S+$", text, re.MULTILINE), gauge
     assert sample(text, "scoregate_circuit_state", upstream="cpu") == 0

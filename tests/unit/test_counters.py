@@ -228,3 +228,46 @@ async def test_many_distinct_addresses_cannot_make_every_request_walk_every_coun
         for _ in range(1001):
             await limiter.check_address("2001:db8:ffff:3::1")
     await limiter.close()
+
+
+async def test_a_flood_of_distinct_callers_holds_the_counters_at_their_cap(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Memory exhaustion through the limiter (OWASP API4): every distinct caller leaves a
+    counter; past the cap, the counts closest to expiry are forgotten first."""
+    counters = LocalCounters(clock=clock, max_keys=1_000)
+    limiter = SlidingWindowCounterRateLimiter(counters)
+    hour, second = parse("2/hour"), parse("5/second")
+    assert await limiter.hit(hour, "failed", "guesser")
+    assert await limiter.hit(hour, "failed", "guesser")
+    for n in range(5_000):  # a flood of fresh callers on a short window
+        await limiter.hit(second, "address", f"2001:db8:{n:x}::1")
+        assert counters.keys_held() <= 1_000
+    assert counters.evicted >= 4_000
+    assert "at their cap" in caplog.text
+    # The long window was kept: the guesser is still refused.
+    assert not await limiter.hit(hour, "failed", "guesser")
+    moving = MovingWindowRateLimiter(counters)
+    for n in range(2_000):
+        await moving.hit(second, "moving", str(n))
+    assert counters.keys_held() <= 1_000
+    assert not await limiter.hit(hour, "failed", "guesser")
+
+
+async def test_the_gateway_limiter_caps_its_counters() -> None:
+    policy = RateLimitPolicy.model_validate(
+        {
+            "defaults": {
+                "per_principal": "",
+                "per_address": "100/second",
+                "failed_auth_per_address": "",
+                "per_principal_model": "",
+            }
+        }
+    )
+    limiter = Limiter(policy, "memory://", "closed", memory_max_keys=1_000)
+    for n in range(3_000):
+        await limiter.check_address(f"198.18.{n >> 8}.{n & 255}")
+    assert counters_held(limiter) <= 1_000
+    assert limiter.evicted >= 2_000
+    await limiter.close()
