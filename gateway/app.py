@@ -69,7 +69,6 @@ class Gateway:
     _ready: tuple[float, bool, dict[str, bool]] = (0.0, False, {})
 
     async def start(self) -> None:
-        await self.forwarder.start()
         self.metrics.watch(
             staleness=self.keys.staleness_s,
             audit_depth=lambda: self.audit.depth,

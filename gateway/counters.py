@@ -76,18 +76,25 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
             self._now = now
         return self._now
 
+    def _pop(self) -> tuple[str, int] | None:
+        """Pop the earliest deadline: its key and kind, or None when the entry is stale
+        (its key was cleared, expired on sight, or made again since it was pushed)."""
+        when, key, kind = heapq.heappop(self._deadlines)
+        due = self._expires.get(key) if kind == _COUNTER else self._event_due.get(key)
+        return (key, kind) if due == when else None
+
     def _expire(self, now: float) -> None:
         deadlines = self._deadlines
         again: list[tuple[float, str, int]] = []
         for _ in range(_POPS_PER_OPERATION):
             if not deadlines or deadlines[0][0] > now:
                 break
-            when, key, kind = heapq.heappop(deadlines)
-            if kind == _COUNTER:
-                if self._expires.get(key) == when:  # not cleared and made again since
-                    del self._counts[key], self._expires[key]
+            popped = self._pop()
+            if popped is None:
                 continue
-            if self._event_due.get(key) != when:  # cleared and made again since
+            key, kind = popped
+            if kind == _COUNTER:
+                self._drop_counter(key)
                 continue
             events, expiry = self._events[key], self._event_expiry[key]
             _prune(events, now - expiry)
@@ -110,15 +117,14 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
         """
         if self._max_keys is None or self.keys_held() <= self._max_keys:
             return
-        deadlines = self._deadlines
-        while deadlines and self.keys_held() > self._max_keys:
-            when, key, kind = heapq.heappop(deadlines)
-            if kind == _COUNTER:
-                if self._expires.get(key) == when:
-                    del self._counts[key], self._expires[key]
-                    self.evicted += 1
-            elif self._event_due.get(key) == when:
-                self._drop_events(key)
+        while self._deadlines and self.keys_held() > self._max_keys:
+            popped = self._pop()
+            if popped is not None:
+                key, kind = popped
+                if kind == _COUNTER:
+                    self._drop_counter(key)
+                else:
+                    self._drop_events(key)
                 self.evicted += 1
         if now - self._warned > 60:
             self._warned = now
@@ -128,6 +134,10 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
                 self._max_keys,
                 self.evicted,
             )
+
+    def _drop_counter(self, key: str) -> None:
+        self._counts.pop(key, None)
+        self._expires.pop(key, None)
 
     def _drop_events(self, key: str) -> None:
         self._events.pop(key, None)
@@ -139,7 +149,7 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
         if expires is None:
             return 0
         if expires <= now:  # expired but not yet popped: the heap entry will find it gone
-            del self._counts[key], self._expires[key]
+            self._drop_counter(key)
             return 0
         return self._counts[key]
 
@@ -184,8 +194,7 @@ class LocalCounters(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
         return held
 
     async def clear(self, key: str) -> None:
-        self._counts.pop(key, None)
-        self._expires.pop(key, None)
+        self._drop_counter(key)
         self._drop_events(key)
 
     # -- moving window ---------------------------------------------------------------

@@ -70,9 +70,6 @@ class Forwarder:
             self._pools[route.upstream_name] = pool
         return pool
 
-    async def start(self) -> None:
-        """Nothing to open ahead: connections are made on first use and kept alive."""
-
     async def close(self) -> None:
         for pool in self._pools.values():
             pool.close()

@@ -174,7 +174,7 @@ class Limiter:
         self.storage_uri = storage_uri
         self.on_failure = on_failure
         self._shared: Storage = _storage(storage_uri, memory_max_keys)
-        self._remote = not storage_uri.startswith(("memory://", "async+memory://"))
+        self._remote = not isinstance(self._shared, LocalCounters)
         self._fallback = LocalCounters(max_keys=memory_max_keys)
         self._strategies: dict[tuple[int, str], RateLimiter] = {}
         self.degraded = False  # True while the shared storage is failing

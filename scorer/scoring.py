@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,13 +56,14 @@ def error_body(exc: ScorerError) -> bytes:
     return orjson.dumps({"error": {"code": exc.code, "message": exc.message}})
 
 
-async def _decoded(decode: Any, body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
+Decode = Callable[[Any, ModelSettings], np.ndarray[Any, Any]]
+
+
+async def _decoded(decode: Decode, body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
     if settings.image is None:
-        result: np.ndarray[Any, Any] = decode(body, settings)
-        return result
+        return decode(body, settings)
     # Decoding PNG/JPEG is CPU work: off the event loop, like the model itself.
-    decoded: np.ndarray[Any, Any] = await asyncio.to_thread(decode, body, settings)
-    return decoded
+    return await asyncio.to_thread(decode, body, settings)
 
 
 class ScoringPath:
