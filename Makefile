@@ -72,7 +72,7 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	bash .ci/ensure-redis
-	$(BIN)/pytest tests/unit tests/security -m 'not e2e'
+	$(BIN)/pytest tests/gateway tests/scorer tests/serving tests/certs tests/security -m 'not e2e'
 
 ## make k8s: the offline checks of k8s/ only (kustomize, schemas, checkov, hadolint,
 ## shellcheck, the NetworkPolicy reachability matrix).

@@ -94,7 +94,7 @@ def _twin(repo: Path, name: str) -> None:
 
 
 def build_digits(repo: Path, batch_size: int) -> tuple[str, str]:
-    from scorer.digits import train_digits
+    from scorer.dev.digits import train_digits
 
     folder = train_digits(repo)
     text = (folder / SETTINGS_FILE).read_text()

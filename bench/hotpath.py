@@ -31,15 +31,19 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway import keyadmin
-from gateway.audit import AuditEvent, AuditTrail, FileSink, utc_timestamp
-from gateway.auditsign import load_signer
-from gateway.auth import authenticate
-from gateway.counters import LocalCounters
-from gateway.keyring import KeyRing
-from gateway.principal import Principal
-from gateway.ratelimit import Limiter, RateLimitPolicy
-from gateway.secretstore import LocalSecretStore, utcnow
+from gateway.identity import lifecycle
+from gateway.audit.record import AuditEvent, utc_timestamp
+from gateway.audit.trail import AuditTrail
+from gateway.audit.sinks import FileSink
+from gateway.audit.signing import load_signer
+from gateway.identity.apikeys import authenticate
+from gateway.ratelimit.memory import LocalCounters
+from gateway.identity.keyring import KeyRing
+from gateway.identity.principal import Principal
+from gateway.ratelimit.limiter import Limiter
+from gateway.ratelimit.policy import RateLimitPolicy
+from gateway.secretstore.localfile import LocalSecretStore
+from gateway.secretstore.protocol import utcnow
 
 
 async def per_call_us(fn: Callable[[], Awaitable[object]], n: int, repeats: int = 3) -> float:
@@ -98,7 +102,7 @@ async def main(n: int, redis: str) -> dict[str, float]:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalSecretStore(Path(tmp) / "secrets.json")
-        issued = await keyadmin.create(store, owner="bench", scopes=["models:iris"])
+        issued = await lifecycle.create(store, owner="bench", scopes=["models:iris"])
         ring = KeyRing(store, refresh_interval_s=60)
         await ring.refresh()
         now = utcnow()

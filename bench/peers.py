@@ -36,9 +36,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench.procs import Server, free_port, start, wait_ready
 from certs.authority import CertPaths, ensure_server_certificate
-from gateway import keyadmin, tokens
-from gateway.secretstore import LocalSecretStore
-from gateway.tls import INTERMEDIATE_CIPHERS
+from gateway.identity.keyring import JWT_KEY_PREFIX
+from gateway.identity import lifecycle
+from gateway.secretstore.localfile import LocalSecretStore
+from serving.tls import INTERMEDIATE_CIPHERS
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -99,7 +100,7 @@ async def make_identity(state: Path) -> Credentials:
     (for HAProxy).
     """
     store = LocalSecretStore(state / "secrets.json")
-    issued = await keyadmin.create(store, owner="bench-apikey", scopes=[SCOPE])
+    issued = await lifecycle.create(store, owner="bench-apikey", scopes=[SCOPE])
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = (
         private.public_key()
@@ -107,7 +108,7 @@ async def make_identity(state: Path) -> Credentials:
         .decode("ascii")
     )
     await store.set(
-        f"{tokens.KEY_PREFIX}{KID}", public_pem, tags={"alg": "RS256", "issuer": ISSUER}
+        f"{JWT_KEY_PREFIX}{KID}", public_pem, tags={"alg": "RS256", "issuer": ISSUER}
     )
     public_file = state / "jwt-rs256-public.pem"
     public_file.write_text(public_pem)
@@ -153,7 +154,7 @@ def write_gateway_policies(state: Path, scorer_port: int) -> dict[str, Path]:
 
 
 def train_model(models: Path) -> Path:
-    from scorer.demo import train_iris
+    from scorer.dev.train import train_iris
 
     return train_iris(models)
 

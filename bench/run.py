@@ -324,7 +324,7 @@ def jwt_figures(state: Path, token: str, n: int) -> dict[str, float]:
     then serves it from a cache keyed by its SHA-256, never past ``exp``, so B1's JWT path
     costs the gateway the cached figure. Both are measured here to show the difference.
     """
-    from gateway.jwtauth import IssuerConfig, JWTValidator, VerificationKey, load_public_key
+    from gateway.identity.tokens import IssuerConfig, JWTValidator, VerificationKey, load_public_key
 
     keys = {
         peers.KID: VerificationKey(
@@ -375,11 +375,12 @@ def batching_figures(work: Path) -> dict[str, Any]:
 
 
 def verify_audit(state: Path) -> dict[str, Any]:
-    from gateway import auditlog, auditsign
-    from gateway.secretstore import LocalSecretStore
+    from gateway.audit import review
+    from gateway.audit import signing
+    from gateway.secretstore.localfile import LocalSecretStore
 
-    keys = asyncio.run(auditsign.public_keys(LocalSecretStore(state / "secrets.json")))
-    result = auditlog.verify([state / "audit"], keys)
+    keys = asyncio.run(signing.public_keys(LocalSecretStore(state / "secrets.json")))
+    result = review.verify([state / "audit"], keys)
     return {
         "records": result.records,
         "checkpoints": result.checkpoints,

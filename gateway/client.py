@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.tls import client_context
+from serving.tls import client_context
 
 
 @dataclass(frozen=True)

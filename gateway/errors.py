@@ -1,20 +1,22 @@
-"""Errors that end a gateway request. One handler renders them all (`app.py`).
+"""Errors that end a gateway request, rendered in one place (`RequestPath.error_payload`).
 
-    GatewayError (status, stable code, safe message)
+    GatewayError (status, stable code, safe message, headers)
      ├── BadRequest             400  bad_request
      │    └── CredentialsInQuery 400 credentials_in_query
-     ├── Unauthenticated        401  unauthenticated   (one message for every cause)
+     ├── Unauthenticated        401  unauthenticated   (WWW-Authenticate; one message)
      ├── Forbidden              403  forbidden
      ├── NotFound               404  not_found
      │    └── ModelNotFound     404  model_not_found
-     ├── MethodNotAllowed       405  method_not_allowed
+     ├── MethodNotAllowed       405  method_not_allowed (Allow)
      ├── RequestTimeout         408  request_timeout   (the body did not arrive in time)
      ├── PayloadTooLarge        413  payload_too_large
      ├── UnsupportedMediaType   415  unsupported_media_type
      ├── InvalidRequest         422  invalid_request
+     ├── RateLimited            429  rate_limited      (Retry-After, RateLimit-Policy, RateLimit)
      ├── BadUpstream            502  bad_upstream
      ├── Unavailable            503  unavailable
      │    ├── UpstreamUnavailable 503 upstream_unavailable
+     │    │    └── CircuitOpen      503 upstream_unavailable (Retry-After)
      │    └── AuditUnavailable    503 audit_unavailable
      ├── UpstreamTimeout        504  upstream_timeout
      └── InternalError          500  internal_error
@@ -22,17 +24,23 @@
 The message is written by us and is safe to show; exception text never is (OWASP REST
 Security: error handling). ``reason`` is the audit reason and can be finer than the code
 the client sees (a revoked and an unknown key both answer 401 "unauthenticated").
+``headers`` are the ones the status calls for, sent with the error's body.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class GatewayError(Exception):
     status = 500
     code = "internal_error"
     default_message = "internal error"
+    headers: Mapping[str, str] = _NO_HEADERS
 
     def __init__(self, message: str | None = None, *, reason: str | None = None) -> None:
         self.message = message or self.default_message
@@ -52,6 +60,10 @@ class CredentialsInQuery(BadRequest):
 class Unauthenticated(GatewayError):
     status, code = 401, "unauthenticated"
     default_message = "missing or invalid credentials"
+    # RFC 9110 §11.6.1: a 401 names the scheme the client should use.
+    headers = MappingProxyType(
+        {"WWW-Authenticate": 'Bearer realm="scoregate", ApiKey realm="scoregate", header="api-key"'}
+    )
 
 
 class Forbidden(GatewayError):
@@ -74,6 +86,8 @@ class MethodNotAllowed(GatewayError):
         super().__init__(reason=reason)
         # RFC 9110 §15.5.6: a 405 MUST carry Allow, the methods the resource serves.
         self.allowed = tuple(sorted({m.upper() for m in allowed}))
+        if self.allowed:
+            self.headers = {"Allow": ", ".join(self.allowed)}
 
 
 class RequestTimeout(GatewayError):
@@ -94,6 +108,29 @@ class InvalidRequest(GatewayError):
     status, code, default_message = 422, "invalid_request", "the request body is invalid"
 
 
+class RateLimited(GatewayError):
+    """429 with Retry-After and the IETF RateLimit headers.
+
+    Header syntax follows draft-ietf-httpapi-ratelimit-headers: ``RateLimit-Policy`` names
+    the policy with its quota ``q`` and window ``w`` (seconds); ``RateLimit`` gives the
+    remaining quota ``r`` and the seconds ``t`` until it resets.
+    """
+
+    status, code, default_message = 429, "rate_limited", "too many requests, retry later"
+
+    def __init__(
+        self, *, policy: str, quota: int, window_s: int, remaining: int, reset_in_s: float
+    ) -> None:
+        super().__init__(reason=f"rate_limit_{policy}")
+        retry = max(1, math.ceil(reset_in_s))
+        self.headers = {
+            # RFC 9110 §10.2.3: seconds to wait before retrying.
+            "Retry-After": str(retry),
+            "RateLimit-Policy": f'"{policy}";q={quota};w={window_s}',
+            "RateLimit": f'"{policy}";r={remaining};t={retry}',
+        }
+
+
 class BadUpstream(GatewayError):
     status, code, default_message = 502, "bad_upstream", "the model server gave an invalid answer"
 
@@ -104,6 +141,16 @@ class Unavailable(GatewayError):
 
 class UpstreamUnavailable(Unavailable):
     code, default_message = "upstream_unavailable", "the model server is unavailable"
+
+
+class CircuitOpen(UpstreamUnavailable):
+    """The scorer's circuit breaker is open (`gateway.upstream.breaker`): refused at once."""
+
+    default_message = "the model server is failing; retry later"
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(reason="circuit_open")
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
 
 
 class AuditUnavailable(Unavailable):

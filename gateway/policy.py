@@ -10,16 +10,16 @@ comes from this file, never from the request (OWASP API7, server-side request fo
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from gateway.errors import Forbidden, ModelNotFound
-from gateway.principal import Principal
+from gateway.identity.principal import Principal
+from gateway.tomlfile import load_toml_model
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 WILDCARD = "*"
@@ -70,29 +70,13 @@ class Route:
     max_instances: int
 
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def load_toml_model(
-    path: Path, model: type[ModelT], error: type[Exception] = PolicyError
-) -> ModelT:
-    """A policy file parsed and validated strictly; every failure is ``error`` naming the file."""
-    try:
-        with path.open("rb") as fh:
-            return model.model_validate(tomllib.load(fh))
-    except FileNotFoundError:
-        raise error(f"{path}: file not found") from None
-    except (tomllib.TOMLDecodeError, ValidationError) as exc:
-        raise error(f"{path}: {exc}") from exc
-
-
 class RouteTable:
     def __init__(self, routes: Mapping[str, Route]) -> None:
         self._routes = dict(routes)
 
     @classmethod
     def load(cls, path: Path) -> RouteTable:
-        parsed = load_toml_model(path, _RoutesFile)
+        parsed = load_toml_model(path, _RoutesFile, PolicyError)
         routes: dict[str, Route] = {}
         for model, route in parsed.models.items():
             if not MODEL_NAME.fullmatch(model):
@@ -128,7 +112,7 @@ class AccessPolicy:
 
     @classmethod
     def load(cls, path: Path, routes: RouteTable) -> AccessPolicy:
-        parsed = load_toml_model(path, _AccessFile)
+        parsed = load_toml_model(path, _AccessFile, PolicyError)
         known = set(routes.models)
         grants: dict[str, frozenset[str]] = {}
         for scope, models in parsed.scopes.items():

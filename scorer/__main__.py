@@ -24,7 +24,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "train-demo":
-            from scorer.demo import train_all
+            try:
+                from scorer.dev.train import train_all
+            except ModuleNotFoundError as exc:
+                if exc.name is None or not exc.name.startswith("scorer.dev"):
+                    raise
+                print(
+                    "scorer: train-demo is a development tool, not installed here", file=sys.stderr
+                )
+                return 2
 
             for folder in train_all(args.repository, force=args.force):
                 print(f"model ready: {folder}")

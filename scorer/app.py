@@ -1,7 +1,7 @@
 """The scorer's REST layer: Open Inference Protocol v2 plus the v1 ``instances`` form.
 
 Reachable only from the gateway (a ClusterIP on AKS, loopback here). The scoring POSTs
-are served by `scorer.scoring` in front of this Quart app: bodies parsed with orjson,
+are served by `scorer.fastpath` in front of this Quart app: bodies parsed with orjson,
 validated by `dataplane`, predictions run by the model's scheduler (`scorer.batching`).
 Quart serves health, metadata, and ``/metrics`` with the batchers' Prometheus series
 (internal, as the whole scorer is).
@@ -20,8 +20,8 @@ from werkzeug.exceptions import HTTPException
 from scorer import dataplane
 from scorer.batching import BatchMetrics, DynamicBatcher, Scheduler, Unbatched
 from scorer.errors import InternalError, ModelNotFound, PayloadTooLarge, ScorerError
+from scorer.fastpath import ScoringPath, error_body
 from scorer.runtime import Runtime
-from scorer.scoring import ScoringPath, error_body
 
 log = logging.getLogger("scorer")
 JSON = "application/json"
@@ -122,7 +122,7 @@ def create_app(
         model(name)
         return _json({"name": name, "ready": True})
 
-    # The scoring POSTs are answered by `scorer.scoring` before Quart sees them; their
+    # The scoring POSTs are answered by `scorer.fastpath` before Quart sees them; their
     # rules stay here so that Quart answers any other method on them with 405.
     @app.post("/v2/models/<name>/infer")
     async def infer(name: str) -> Response:

@@ -23,11 +23,12 @@ import pytest
 from azure.core.credentials import AccessToken
 
 from certs.authority import CertPaths, create_ca, issue
-from gateway import keyadmin
-from gateway.keyring import secret_name
-from gateway.secretstore import LocalSecretStore, utcnow
-from gateway.tls import client_context
-from scorer.demo import train_iris
+from gateway.identity import lifecycle
+from gateway.identity.keyring import secret_name
+from gateway.secretstore.localfile import LocalSecretStore
+from gateway.secretstore.protocol import utcnow
+from serving.tls import client_context
+from scorer.dev.train import train_iris
 from tests.keyvault_server import TOKEN, KeyVaultServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +105,7 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo digits CNN, trained for real (seconds) and exported with its digest."""
-    from scorer.digits import train_digits
+    from scorer.dev.digits import train_digits
 
     repo = tmp_path_factory.mktemp("torch-models")
     train_digits(repo)
@@ -165,8 +166,8 @@ async def make_keys(store_path: Path) -> Keys:
         "revoked": ["models:iris"],
         "expired": ["models:iris"],
     }.items():
-        made[name] = await keyadmin.create(store, owner=f"test-{name}", scopes=scopes)
-    await keyadmin.revoke(store, made["revoked"].generation.key_id)
+        made[name] = await lifecycle.create(store, owner=f"test-{name}", scopes=scopes)
+    await lifecycle.revoke(store, made["revoked"].generation.key_id)
     expired = made["expired"].generation
     await store.update(
         secret_name(expired.key_id), expired.version, expires_on=utcnow().replace(year=2020)
@@ -481,7 +482,7 @@ async def new_key(store_path: Path, scopes: list[str] | None = None) -> tuple[st
     import secrets as pysecrets
 
     owner = f"rl-{pysecrets.token_hex(6)}"
-    issued = await keyadmin.create(
+    issued = await lifecycle.create(
         LocalSecretStore(store_path), owner=owner, scopes=scopes or ["models:iris"]
     )
     return issued.key, owner

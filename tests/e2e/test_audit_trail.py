@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit import chain_files
+from gateway.audit.sinks import chain_files
 from tests.conftest import Stack, scoregate
 
 pytestmark = pytest.mark.e2e

@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from gateway import keyadmin
-from gateway.secretstore import LocalSecretStore
+from gateway.identity import lifecycle
+from gateway.secretstore.localfile import LocalSecretStore
 from tests.conftest import Stack, scoregate
 
 pytestmark = pytest.mark.e2e
@@ -76,7 +76,7 @@ def test_tampered_or_ambiguous_credentials_are_401_and_audited(stack: Stack) -> 
 
 def test_key_rotation_overlap_then_revocation_without_a_refused_valid_client(stack: Stack) -> None:
     store = LocalSecretStore(stack.state / "secrets.json")
-    first = asyncio.run(keyadmin.create(store, owner="rotating", scopes=["models:iris"]))
+    first = asyncio.run(lifecycle.create(store, owner="rotating", scopes=["models:iris"]))
     assert until(stack, {"api-key": first.key}, 200).status_code == 200
     out = scoregate("keys", "rotate", first.generation.key_id, "--overlap", "3s", state=stack.state)
     assert out.returncode == 0, out.stderr

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import keyadmin
-from gateway.keyvault import KeyVaultSecretStore
-from gateway.tls import client_context
+from gateway.identity import lifecycle
+from gateway.secretstore.keyvault import KeyVaultSecretStore
+from serving.tls import client_context
 from tests.conftest import (
     Stack,
     StaticCredential,
@@ -82,9 +82,9 @@ def test_rotation_and_revocation_on_key_vault_through_the_gateway(
     base, env = kv_gateway
     store = kv(vault, stack.ca)
 
-    async def create() -> keyadmin.IssuedKey:
+    async def create() -> lifecycle.IssuedKey:
         try:
-            return await keyadmin.create(store, owner="kv-client", scopes=["models:iris"])
+            return await lifecycle.create(store, owner="kv-client", scopes=["models:iris"])
         finally:
             await store.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.auditlog import verify
+from gateway.audit.review import verify
 from tests.conftest import Stack, free_port, scoregate
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.tls import client_context
+from serving.tls import client_context
 from tests.conftest import (
     Stack,
     free_port,

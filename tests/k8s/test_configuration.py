@@ -17,12 +17,14 @@ from urllib.parse import urlsplit
 import pytest
 
 from certs.authority import CertPaths
-from gateway import tls
+from serving import tls
 from gateway.policy import AccessPolicy, RouteTable
-from gateway.principal import Principal
-from gateway.ratelimit import Limiter, RateLimited, RateLimitPolicy
+from gateway.identity.principal import Principal
+from gateway.ratelimit.limiter import Limiter
+from gateway.errors import RateLimited
+from gateway.ratelimit.policy import RateLimitPolicy
 from gateway.settings import GatewaySettings, unknown_environment
-from gateway.tokens import load_issuers
+from gateway.identity.issuers import load_issuers
 from scorer.settings import ScorerSettings
 from tests.conftest import free_port
 from tests.k8s.conftest import Rendered

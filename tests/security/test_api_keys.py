@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway import apikeys, auth, keyadmin
+from gateway.identity import apikeys
+
+from gateway.identity import apikeys
+
+from gateway.identity import lifecycle
 from gateway.errors import Unauthenticated
-from gateway.keyring import KeyRing
-from gateway.secretstore import LocalSecretStore, utcnow
+from gateway.identity.keyring import KeyRing
+from gateway.secretstore.localfile import LocalSecretStore
+from gateway.secretstore.protocol import utcnow
 from tests.conftest import Stack, scoregate
 
 ROWS = [[5.1, 3.5, 1.4, 0.2]]
@@ -48,7 +53,7 @@ async def test_bad_checksum_is_rejected_before_any_lookup(
 
     monkeypatch.setattr(ring, "generations", no_lookup)
     with pytest.raises(Unauthenticated) as excinfo:
-        auth.authenticate(tampered, ring, utcnow())
+        apikeys.authenticate(tampered, ring, utcnow())
     assert excinfo.value.reason == "api_key_malformed"
 
 
@@ -56,7 +61,7 @@ async def test_wrong_secret_for_known_key_id_is_401_in_constant_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = LocalSecretStore(tmp_path / "s.json")
-    issued = await keyadmin.create(store, owner="a", scopes=["models:iris"])
+    issued = await lifecycle.create(store, owner="a", scopes=["models:iris"])
     ring = KeyRing(store, refresh_interval_s=1)
     await ring.refresh()
     compares: list[tuple[str, str]] = []
@@ -66,15 +71,15 @@ async def test_wrong_secret_for_known_key_id_is_401_in_constant_time(
         compares.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(auth.hmac, "compare_digest", counting)
+    monkeypatch.setattr(apikeys.hmac, "compare_digest", counting)
     same_id_other_secret = apikeys.new_key(issued.generation.key_id)
     with pytest.raises(Unauthenticated) as wrong:
-        auth.authenticate(same_id_other_secret, ring, utcnow())
+        apikeys.authenticate(same_id_other_secret, ring, utcnow())
     assert wrong.value.reason == "api_key_wrong_secret"
     # Digests are compared with hmac.compare_digest, and an unknown id costs a compare too.
     assert len(compares) == 1
     with pytest.raises(Unauthenticated) as unknown:
-        auth.authenticate(apikeys.new_key(apikeys.new_key_id()), ring, utcnow())
+        apikeys.authenticate(apikeys.new_key(apikeys.new_key_id()), ring, utcnow())
     assert unknown.value.reason == "api_key_unknown"
     assert len(compares) == 2
 
@@ -99,7 +104,7 @@ def test_revoked_or_expired_key_is_401_and_audited(stack: Stack, which: str, rea
 @pytest.mark.e2e
 def test_revocation_takes_effect_without_restart(stack: Stack) -> None:
     store = LocalSecretStore(stack.state / "secrets.json")
-    issued = asyncio.run(keyadmin.create(store, owner="temp", scopes=["models:iris"]))
+    issued = asyncio.run(lifecycle.create(store, owner="temp", scopes=["models:iris"]))
     with stack.client() as client:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # picked up by the background refresh

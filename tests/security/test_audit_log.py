@@ -10,12 +10,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.audit import AuditTrail
-from gateway.auditlog import verify
-from gateway.server import build_gateway
+from gateway.audit.trail import AuditTrail
+from gateway.audit.review import verify
+from gateway.service import build_gateway
 from gateway.settings import GatewaySettings
 from tests.conftest import Stack, scoregate, write_access, write_routes
-from tests.unit.test_audit import FlakySink
+from tests.gateway.audit.test_trail import FlakySink
 
 ROWS = [[5.1, 3.5, 1.4, 0.2]]
 
@@ -141,7 +141,7 @@ def test_tampering_is_detected_by_scoregate_audit_verify(
 
 
 async def test_failing_sink_fails_closed_with_503_and_loses_nothing(tmp_path: Path) -> None:
-    from gateway.app import create_app
+    from gateway.web.app import create_app
 
     settings = GatewaySettings(
         state_dir=tmp_path,
@@ -174,7 +174,7 @@ async def test_failing_sink_fails_closed_with_503_and_loses_nothing(tmp_path: Pa
 
 
 async def test_open_audit_failure_policy_serves_and_says_so(tmp_path: Path) -> None:
-    from gateway.app import create_app
+    from gateway.web.app import create_app
 
     settings = GatewaySettings(
         state_dir=tmp_path,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from certs.authority import CertPaths, create_ca, issue
-from gateway.tls import client_context
+from serving.tls import client_context
 from tests.conftest import (
     Stack,
     free_port,

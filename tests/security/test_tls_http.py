@@ -10,7 +10,7 @@ import warnings
 import httpx
 import pytest
 
-from gateway.tls import INTERMEDIATE_CIPHERS
+from serving.tls import INTERMEDIATE_CIPHERS
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.e2e
@@ -57,7 +57,7 @@ def test_tls12_suites_outside_the_profile_are_refused(stack: Stack, suite: str) 
 
 
 def test_server_context_disables_compression_renegotiation_and_tickets(stack: Stack) -> None:
-    from gateway.tls import server_context
+    from serving.tls import server_context
 
     ctx = server_context(stack.ca.parent / "gateway.pem", stack.ca.parent / "gateway.key")
     for flag in (

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.errors import Unauthenticated
-from gateway.jwtauth import IssuerConfig, JWTValidator, VerificationKey
+from gateway.identity.tokens import IssuerConfig, JWTValidator, VerificationKey
 
 ISS = "https://issuer.test/tenant"
 AUD = "scoregate"

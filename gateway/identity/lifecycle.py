@@ -1,0 +1,126 @@
+"""API key administration on any `SecretStore`: what `scoregate keys …` runs.
+
+A client is one secret (``apikey-<key id>``); ``create`` makes its first generation and
+``rotate`` adds a generation while the old one stays valid for an overlap, so there is no
+moment without a valid key. ``revoke`` disables generations (Key Vault: ``enabled=false``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+from gateway.identity import apikeys
+from gateway.identity.keyring import SECRET_PREFIX, KeyGeneration, secret_name
+from gateway.secretstore.protocol import SecretStore, utcnow
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SCOPE = re.compile(r"[A-Za-z0-9:._*-]{1,64}")
+_OWNER = re.compile(r"[A-Za-z0-9@:._-]{1,64}")
+
+
+class KeyAdminError(Exception):
+    """A key operation that cannot proceed; the message is for the operator."""
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``90d``, ``12h``, ``1h30m``: a positive duration."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise KeyAdminError(f"invalid duration {text!r}; use e.g. 90d, 12h, 1h30m")
+    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise KeyAdminError("duration must be positive")
+    return dt.timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True, repr=False)
+class IssuedKey:
+    key: str  # shown once, never stored
+    generation: KeyGeneration
+
+    def __repr__(self) -> str:
+        return f"IssuedKey(key_id={self.generation.key_id!r}, version={self.generation.version!r})"
+
+
+def _tags(owner: str, scopes: list[str]) -> dict[str, str]:
+    if not _OWNER.fullmatch(owner):
+        raise KeyAdminError(f"invalid owner {owner!r}")
+    bad = [s for s in scopes if not _SCOPE.fullmatch(s)]
+    if bad or not scopes:
+        raise KeyAdminError(f"give at least one valid scope (got {scopes})")
+    return {"owner": owner, "scopes": " ".join(sorted(set(scopes)))}
+
+
+async def create(
+    store: SecretStore, *, owner: str, scopes: list[str], expires_in: dt.timedelta | None = None
+) -> IssuedKey:
+    key_id = apikeys.new_key_id()
+    key = apikeys.new_key(key_id)
+    expires_on = utcnow() + expires_in if expires_in else None
+    version = await store.set(
+        secret_name(key_id), apikeys.digest(key), tags=_tags(owner, scopes), expires_on=expires_on
+    )
+    return IssuedKey(key, KeyGeneration.from_secret(key_id, version))
+
+
+async def rotate(store: SecretStore, key_id: str, *, overlap: dt.timedelta) -> IssuedKey:
+    """A new generation of ``key_id``; the current ones stay valid for ``overlap`` only.
+
+    The new generation is written first, so at every moment some generation is valid.
+    """
+    name = secret_name(key_id)
+    versions = await store.versions(name)
+    now = utcnow()
+    current = [v for v in versions if v.usable(now)]
+    if not current:
+        raise KeyAdminError(f"key {key_id!r} has no active generation to rotate")
+    key = apikeys.new_key(key_id)
+    newest = current[-1]
+    version = await store.set(
+        name, apikeys.digest(key), tags=dict(newest.tags), expires_on=newest.expires_on
+    )
+    ends = now + overlap
+    for old in current:
+        if old.expires_on is None or old.expires_on > ends:
+            await store.update(name, old.version, expires_on=ends)
+    return IssuedKey(key, KeyGeneration.from_secret(key_id, version))
+
+
+async def list_keys(store: SecretStore) -> list[KeyGeneration]:
+    generations: list[KeyGeneration] = []
+    for name in await store.list_names(SECRET_PREFIX):
+        key_id = name.removeprefix(SECRET_PREFIX)
+        generations.extend(KeyGeneration.from_secret(key_id, v) for v in await store.versions(name))
+    return generations
+
+
+async def revoke(
+    store: SecretStore, key_id: str, version: str | None = None
+) -> list[KeyGeneration]:
+    """Disable one generation, or every generation of the key when no version is given."""
+    versions = await store.versions(secret_name(key_id))
+    if not versions:
+        raise KeyAdminError(f"no key with id {key_id!r}")
+    targets = [v for v in versions if version is None or v.version == version]
+    if not targets:
+        raise KeyAdminError(f"key {key_id!r} has no version {version!r}")
+    revoked = []
+    for v in targets:
+        if v.enabled:
+            v = await store.update(v.name, v.version, enabled=False)
+        revoked.append(KeyGeneration.from_secret(key_id, v))
+    return revoked
+
+
+def describe(generation: KeyGeneration, now: dt.datetime | None = None) -> dict[str, str]:
+    return {
+        "key_id": generation.key_id,
+        "version": generation.version,
+        "owner": generation.owner,
+        "scopes": " ".join(sorted(generation.scopes)),
+        "state": generation.state(now or utcnow()),
+        "expires_on": generation.expires_on.isoformat() if generation.expires_on else "-",
+    }

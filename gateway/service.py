@@ -1,0 +1,227 @@
+"""The gateway as one object: its components built from settings, started, stopped, and
+judged ready. Built once in the entry point (`gateway.server`), served by the web layer.
+
+    GatewaySettings ─▶ build_gateway() ─▶ Gateway
+                                           ├── request_path(): the steps, holding the
+                                           │         components they call
+                                           ├── start(): keys, signer, JWKS and writer tasks
+                                           ├── stop():  drain the audit queue, close all
+                                           └── readiness(): keys, tasks, audit, upstreams
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.audit.signing import load_signer
+from gateway.audit.sinks import AuditSink, FileSink, StdoutSink
+from gateway.audit.trail import AuditTrail
+from gateway.identity.credentials import Authenticator
+from gateway.identity.issuers import load_issuers
+from gateway.identity.jwks import JWKSKeys
+from gateway.identity.keyring import KeyRing
+from gateway.identity.tokens import JWTValidator
+from gateway.metrics import GatewayMetrics
+from gateway.policy import AccessPolicy, RouteTable
+from gateway.ratelimit.limiter import Limiter
+from gateway.ratelimit.policy import RateLimitPolicy
+from gateway.secretstore.factory import open_store
+from gateway.secretstore.localfile import LocalSecretStore
+from gateway.secretstore.protocol import SecretStore, SecretStoreError
+from gateway.settings import GatewaySettings
+from gateway.steps.path import RequestPath
+from gateway.upstream.forwarder import Forwarder
+from serving import tls
+
+log = logging.getLogger("gateway")
+_READY_CACHE_S = 2.0
+
+
+@dataclass
+class Gateway:
+    """Everything the request path needs, built once in the entry point."""
+
+    settings: GatewaySettings
+    store: SecretStore
+    keys: KeyRing
+    jwt: JWTValidator
+    routes: RouteTable
+    access: AccessPolicy
+    forwarder: Forwarder
+    limiter: Limiter
+    audit: AuditTrail
+    jwks: list[JWKSKeys] = field(default_factory=list)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _ready: tuple[float, bool, dict[str, bool]] = (0.0, False, {})
+
+    def request_path(self) -> RequestPath:
+        """The request steps, bound to this gateway's components."""
+        return RequestPath(
+            settings=self.settings,
+            authenticator=Authenticator(self.keys, self.jwt),
+            routes=self.routes,
+            access=self.access,
+            limiter=self.limiter,
+            forwarder=self.forwarder,
+            audit=self.audit,
+            metrics=self.metrics,
+        )
+
+    async def start(self) -> None:
+        self.metrics.watch(
+            staleness=self.keys.staleness_s,
+            audit_depth=lambda: self.audit.depth,
+            audit_lost=lambda: self.audit.lost,
+            ratelimit_evicted=lambda: self.limiter.evicted,
+        )
+        for model in self.routes.models:
+            route = self.routes.resolve(model)
+            breaker = self.forwarder.breaker(route)
+            breaker.on_change = self.metrics.circuit_changed(route.upstream_name)
+        try:
+            await self.keys.refresh()
+        except SecretStoreError as exc:
+            # Not ready until the keys load; the background refresh keeps trying.
+            self.keys.last_error = str(exc)
+            log.error("initial key load failed: %s", exc)
+        try:
+            # Checkpoint signing key; made on first start with the embedded store only.
+            self.audit.signer = await load_signer(
+                self.store, create=isinstance(self.store, LocalSecretStore)
+            )
+        except (SecretStoreError, ValueError) as exc:
+            log.error("audit signing key unavailable, checkpoints off: %s", exc)
+        if self.audit.signer is None:
+            log.error("no audit signing key: the trail is hash-chained but not signed")
+        jwks_tasks = []
+        for issuer in self.jwt.issuers():
+            if issuer.jwks_url:
+                fetcher = JWKSKeys(issuer, issuer.jwks_url, self.jwt.set_issuer_keys)
+                self.jwt.on_unknown_kid(issuer.issuer, fetcher.unknown_kid)
+                self.jwks.append(fetcher)
+                jwks_tasks.append(asyncio.create_task(fetcher.run(), name=f"jwks-{issuer.name}"))
+        self._tasks = [
+            *jwks_tasks,
+            asyncio.create_task(self.keys.run(), name="key-refresh"),
+            asyncio.create_task(self.audit.run(), name="audit-writer"),
+        ]
+
+    async def stop(self) -> None:
+        # Drain the audit queue first: in-flight requests have finished by now.
+        try:
+            await asyncio.wait_for(self.audit.drain(), timeout=10)
+        except TimeoutError:
+            self.audit.lost += self.audit.depth
+            log.error("audit drain timed out: %d records not written", self.audit.depth)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.audit.close()
+        await self.limiter.close()
+        await self.forwarder.close()
+        await self.store.close()
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        now = time.monotonic()
+        checked_at, upstreams_ok, upstreams = self._ready
+        if now - checked_at > _READY_CACHE_S:
+            routes = {r.upstream_name: r for r in map(self.routes.resolve, self.routes.models)}
+            results = await asyncio.gather(*(self.forwarder.probe(r) for r in routes.values()))
+            upstreams = dict(zip(routes, results, strict=True))
+            upstreams_ok = all(results)
+            self._ready = (now, upstreams_ok, upstreams)
+        staleness = self.keys.staleness_s()
+        limiter = self.limiter.state
+        keys_fresh = staleness is not None and staleness <= self.settings.key_max_staleness_s
+        # A background task that ended (it never should) makes the replica unfit to serve.
+        tasks_alive = all(not task.done() for task in self._tasks)
+        checks = {
+            "keys_loaded": self.keys.loaded,
+            "keys_fresh": keys_fresh,
+            "keys_staleness_s": None if staleness is None else round(staleness, 1),
+            # Readiness is public (load balancers call it): say that a source failed, never
+            # its error text, which can name the vault or the JWKS URL (OWASP API8); the
+            # text is in the gateway's logs.
+            "keys_last_error": _public_error(self.keys.last_error, "secret store"),
+            "jwks": {
+                f.issuer.name: {
+                    "keys": len(f.keys),
+                    "last_error": _public_error(f.last_error, "JWKS endpoint"),
+                }
+                for f in self.jwks
+            },
+            "background_tasks_alive": tasks_alive,
+            "audit_accepting": self.audit.accepting,
+            "audit_signing": self.audit.signer is not None,
+            "rate_limit_storage": limiter,
+            "upstreams": upstreams,
+        }
+        ready = (
+            keys_fresh
+            and tasks_alive
+            and self.audit.accepting
+            and upstreams_ok
+            and limiter != "closed"
+        )
+        return ready, checks
+
+
+def _public_error(error: str | None, source: str) -> str | None:
+    return None if error is None else f"the {source} failed; details in the gateway's logs"
+
+
+def build_audit(settings: GatewaySettings) -> AuditTrail:
+    sink: AuditSink
+    if settings.audit_sink == "stdout":
+        sink = StdoutSink()
+    else:
+        sink = FileSink(
+            settings.audit_file,
+            fsync=settings.audit_fsync,
+            rotate_bytes=settings.audit_rotate_bytes,
+            rotate_interval_s=settings.audit_rotate_interval_s,
+        )
+    return AuditTrail(
+        sink,
+        queue_size=settings.audit_queue_size,
+        checkpoint_every=settings.audit_checkpoint_every,
+        checkpoint_interval_s=settings.audit_checkpoint_interval_s,
+        linger_s=settings.audit_linger_ms / 1000,
+    )
+
+
+def build_gateway(settings: GatewaySettings) -> Gateway:
+    routes = RouteTable.load(settings.routes_file)
+    store = open_store(settings)
+    limits = RateLimitPolicy.load(settings.rate_limit_policy_file, routes.models)
+    validator = JWTValidator(load_issuers(settings.jwt_issuers_file))
+    return Gateway(
+        settings=settings,
+        store=store,
+        keys=KeyRing(
+            store,
+            refresh_interval_s=settings.key_refresh_interval_s,
+            on_jwt_keys=validator.set_keys,
+        ),
+        jwt=validator,
+        routes=routes,
+        access=AccessPolicy.load(settings.access_policy_file, routes),
+        forwarder=Forwarder(
+            max_response_bytes=settings.max_response_bytes,
+            tls=tls.upstream_context(
+                settings.upstream_ca, settings.upstream_client_cert, settings.upstream_client_key
+            ),
+        ),
+        limiter=Limiter(
+            limits,
+            settings.rate_limit_storage,
+            settings.rate_limit_on_storage_failure,
+            settings.rate_limit_memory_max_keys,
+        ),
+        audit=build_audit(settings),
+    )

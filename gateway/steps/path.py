@@ -1,0 +1,200 @@
+"""The request path of DESIGN.md, written once as steps over one request's `Exchange`.
+
+    open → screen → admit (authenticate, route, authorize) → count (per principal)
+         → [scoring: content type, body, envelope, charge] → forward → respond
+                                                     every request ─▶ audit
+
+Two drivers in `gateway.web` run these steps and share every decision: the fast path
+(plain ASGI, for the POSTs that carry the load) and the Quart app (health, metadata, and
+every error Quart's routing answers). Each step may end the request with a
+`GatewayError`; `error_payload` is the one place errors become bodies, and `audit` the
+one place records are written. The path holds the components it calls, not the gateway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import orjson
+
+from gateway.audit.record import AuditEvent, utc_timestamp
+from gateway.audit.trail import AuditTrail
+from gateway.errors import (
+    AuditUnavailable,
+    BadRequest,
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
+from gateway.identity.credentials import Authenticator
+from gateway.metrics import GatewayMetrics
+from gateway.policy import AccessPolicy, Route, RouteTable
+from gateway.ratelimit.limiter import Limiter
+from gateway.settings import GatewaySettings
+from gateway.steps import context
+from gateway.steps.envelope import Kind, count_instances
+from gateway.steps.exchange import Exchange, Head
+from gateway.upstream.forwarder import Answer, Forwarder
+
+JSON = "application/json"
+PROBES = frozenset({"live", "ready"})
+
+
+class RequestPath:
+    """The steps, bound to the components they call."""
+
+    def __init__(
+        self,
+        *,
+        settings: GatewaySettings,
+        authenticator: Authenticator,
+        routes: RouteTable,
+        access: AccessPolicy,
+        limiter: Limiter,
+        forwarder: Forwarder,
+        audit: AuditTrail,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.settings = settings
+        self._authenticator = authenticator
+        self._routes = routes
+        self._access = access
+        self._limiter = limiter
+        self._forwarder = forwarder
+        self._audit = audit
+        self._metrics = metrics
+
+    def open(self, head: Head) -> Exchange:
+        """The request's state, before any check: nothing here can fail."""
+        # Every X-Forwarded-For line, joined: a proxy may add its own line (RFC 7230 §3.2.2).
+        forwarded_for = ",".join(head.forwarded_for) or None
+        return Exchange(
+            start=time.perf_counter(),
+            # Our own id always: a client-chosen one could collide with another request's.
+            request_id=context.new_request_id(),
+            method=head.method,
+            path=head.path,
+            endpoint=head.endpoint or "-",
+            client=context.client_address(
+                head.peer, forwarded_for, self.settings.trusted_proxy_hops
+            ),
+            client_request_id=context.client_request_id(head.request_id),
+            audit_reserved=self._audit.reserve(),
+        )
+
+    async def screen(self, ex: Exchange, head: Head) -> None:
+        """The checks every request passes before anything reads its credentials."""
+        if not ex.audit_reserved and self.settings.audit_on_failure == "closed":
+            # Fail closed (the default): no request is served that cannot be audited.
+            raise AuditUnavailable(reason="audit_unavailable")
+        context.reject_credentials_in_query(head.query)
+        if head.transfer_encoding and head.content_length is not None:
+            # RFC 9112 §6.1: both framings at once is how requests are smuggled past a
+            # proxy; refuse rather than pick one, and close the connection after answering.
+            ex.close_connection = True
+            raise BadRequest("ambiguous message framing", reason="ambiguous_framing")
+        if ex.endpoint not in PROBES:
+            # Before authentication: per-address limit and the failed-authentication block.
+            await self._limiter.check_address(ex.client)
+
+    async def admit(self, ex: Exchange, model: str, head: Head) -> Route:
+        """Authenticate, route, authorize: 401, then 404, then 403."""
+        try:
+            principal = self._authenticator.authenticate(head.authorization, head.api_key)
+        except Unauthenticated:
+            await self._limiter.failed_authentication(ex.client)
+            raise
+        ex.principal = principal
+        route = self._routes.resolve(model)
+        ex.model = route.model
+        ex.route = route
+        self._access.authorize(principal, route.model)
+        ex.decision = "allow"
+        return route
+
+    async def count(self, ex: Exchange, route: Route, cost: int) -> None:
+        """The caller's limits, per principal and per principal and model (OWASP API4)."""
+        assert ex.principal is not None  # noqa: S101 - admit() ran first
+        await self._limiter.check_principal(ex.principal, route.model, cost)
+
+    @staticmethod
+    def check_content_type(head: Head) -> None:
+        if head.content_type.partition(";")[0].strip().lower() != JSON:
+            # OWASP REST Security: refuse a body whose declared type we do not accept
+            # (415), rather than parse it as JSON whatever it claims to be.
+            raise UnsupportedMediaType(reason="content_type_not_json")
+
+    async def charge(self, ex: Exchange, route: Route, body: bytes, kind: Kind) -> None:
+        """A scoring body's checks, then its cost against the caller's limits."""
+        ex.payload_sha256 = hashlib.sha256(body).hexdigest()
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("the body is not valid JSON", reason="body_not_json") from None
+        instances = count_instances(parsed, kind)
+        ex.instances = instances
+        if instances > route.max_instances:
+            raise PayloadTooLarge(
+                f"at most {route.max_instances} instances per request", reason="too_many_instances"
+            )
+        # Cost of a request = the instances it carries (OWASP API4).
+        await self.count(ex, route, instances)
+
+    async def forward(
+        self, ex: Exchange, route: Route, method: str, upstream_path: str, body: bytes | None
+    ) -> Answer:
+        """The scorer's answer (`gateway.upstream.forwarder` holds the forwarding rules)."""
+        return await self._forwarder.send(route, method, upstream_path, body, ex.request_id)
+
+    def error_payload(self, ex: Exchange, exc: GatewayError) -> tuple[bytes, dict[str, str]]:
+        """The error envelope of gateway/openapi.yaml and the headers its status calls for."""
+        ex.reason = exc.reason
+        if exc.status < 500:
+            ex.decision = "deny"  # refused (429, 413, 422, …) even after authorization passed
+        body = orjson.dumps(
+            {"error": {"code": exc.code, "message": exc.message, "request_id": ex.request_id}}
+        )
+        return body, dict(exc.headers)
+
+    def audit(self, ex: Exchange, status: int, bytes_out: int) -> None:
+        """The request's one audit record; a second call for the same request does nothing."""
+        if ex.audited:
+            return
+        ex.audited = True
+        reserved, ex.audit_reserved = ex.audit_reserved, False
+        principal = ex.principal
+        event = AuditEvent(
+            time=utc_timestamp(),
+            request_id=ex.request_id,
+            client_request_id=ex.client_request_id,
+            client=ex.client,
+            method=ex.method[:16],
+            path=ex.path[:256],  # never the query string
+            route=ex.endpoint,
+            model=ex.model,
+            subject=principal.subject if principal else None,
+            credential=principal.credential if principal else None,
+            key_id=principal.key_id if principal else None,
+            key_version=principal.key_version if principal else None,
+            decision=ex.decision,
+            reason=ex.reason,
+            status=status,
+            latency_ms=round((time.perf_counter() - ex.start) * 1000, 3),
+            bytes_in=ex.bytes_in,
+            bytes_out=bytes_out,
+            payload_sha256=ex.payload_sha256,
+            instances=ex.instances,
+            limiter=self._limiter.state if ex.endpoint not in PROBES else None,
+        )
+        self._audit.record(event, reserved=reserved)
+        self._metrics.observe(event, ex.route.upstream_name if ex.route is not None else None)
+
+    def abandoned(self, ex: Exchange) -> None:
+        """A request that ended without an answer (the client left, or the server is
+        stopping) still gets its one record, and gives back its reserved slot."""
+        if not ex.audited:
+            ex.reason = "client_disconnected"
+            self.audit(ex, 499, 0)

@@ -1,0 +1,158 @@
+"""The scorer's scoring path: its two POSTs served as plain ASGI, in front of Quart.
+
+    POST /v2/models/<name>/infer, POST /v1/models/<name>:predict ─▶ ScoringPath
+    anything else (health, metadata, /metrics, other methods) ─▶ Quart
+
+As in the gateway (`gateway.web.fastpath`), Quart's per-request machinery cost more CPU than
+a small scikit-learn prediction; these routes read the body, decode, predict and answer
+over the raw ASGI messages with the same errors (`make bench`, B3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+
+from scorer import dataplane
+from scorer.batching import Scheduler
+from scorer.errors import (
+    InternalError,
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ScorerError,
+)
+from scorer.repository import ModelSettings
+from scorer.runtime import Runtime
+from serving.asgi import (
+    BodyTimeout,
+    BodyTooLarge,
+    ClientGone,
+    cancel_if_client_leaves,
+    match_post,
+    read_body,
+    send_json,
+)
+
+log = logging.getLogger("scorer")
+_ROUTES = (
+    (re.compile(r"/v2/models/([^/]+)/infer"), "v2"),
+    (re.compile(r"/v1/models/([^/]+):predict"), "v1"),
+)
+# A body that has not arrived in this time is abandoned (the gateway's own limit is
+# shorter; this bounds a caller that is not the gateway).
+BODY_TIMEOUT_S = 60.0
+
+
+def error_body(exc: ScorerError) -> bytes:
+    return orjson.dumps({"error": {"code": exc.code, "message": exc.message}})
+
+
+Decode = Callable[[Any, ModelSettings], np.ndarray[Any, Any]]
+
+
+async def _decoded(decode: Decode, body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
+    if settings.image is None:
+        return decode(body, settings)
+    # Decoding PNG/JPEG is CPU work: off the event loop, like the model itself.
+    return await asyncio.to_thread(decode, body, settings)
+
+
+class ScoringPath:
+    def __init__(
+        self,
+        app: ASGIFramework,
+        models: dict[str, Runtime],
+        schedulers: dict[str, Scheduler],
+        *,
+        max_body_bytes: int,
+    ) -> None:
+        self._app = app
+        self._models = models
+        self._schedulers = schedulers
+        self._limit = max_body_bytes
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        matched = match_post(scope, _ROUTES)
+        if matched is not None:
+            kind, name = matched
+            await self._serve(scope, receive, send, name, kind)
+            return
+        await self._app(scope, receive, send)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        name: str,
+        kind: str,
+    ) -> None:
+        assert scope["type"] == "http"  # noqa: S101 - dispatched on it
+        declared = None
+        for header, value in scope["headers"]:
+            if header == b"content-length":
+                declared = value.decode("latin-1")
+                break
+        try:
+            status, body = 200, await self._score(receive, name, kind, declared)
+        except ClientGone:
+            return  # nobody to answer; a batch skips the abandoned request
+        except ScorerError as exc:
+            status, body = exc.status, error_body(exc)
+        except Exception:
+            # Never leak the exception text to the caller (OWASP REST: error handling).
+            log.exception("unhandled error")
+            error = InternalError()
+            status, body = error.status, error_body(error)
+        await send_json(send, status, body)
+
+    async def _score(
+        self, receive: ASGIReceiveCallable, name: str, kind: str, declared: str | None
+    ) -> bytes:
+        runtime = self._models.get(name)
+        if runtime is None:
+            raise ModelNotFound(f"model {name!r} is not served here")
+        scheduler = self._schedulers[name]
+        settings = runtime.settings
+        with scheduler.expecting():  # a batch may wait while this body arrives and decodes
+            try:
+                raw = await read_body(
+                    receive, limit=self._limit, declared=declared, timeout_s=BODY_TIMEOUT_S
+                )
+            except BodyTooLarge:
+                raise PayloadTooLarge(f"body exceeds {self._limit} bytes") from None
+            except BodyTimeout:
+                raise RequestTimeout("the body did not arrive in time") from None
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise InvalidInput("the body is not valid JSON") from None
+            if kind == "v2":
+                names = dataplane.requested_outputs(body, runtime.outputs)
+                batch = await _decoded(dataplane.decode_v2, body, settings)
+            else:
+                names = runtime.outputs[:1]
+                batch = await _decoded(dataplane.decode_v1, body, settings)
+        with cancel_if_client_leaves(receive) as gone:
+            try:
+                outputs = await scheduler.run(batch, names)
+            except asyncio.CancelledError:
+                if not gone():
+                    raise
+                raise ClientGone from None
+        dataplane.check_outputs(outputs)
+        if kind == "v1":
+            return orjson.dumps(dataplane.encode_v1(outputs))
+        request_id = body.get("id") if isinstance(body.get("id"), str) else None
+        return orjson.dumps(dataplane.encode_v2(outputs, settings, request_id))

@@ -1,0 +1,101 @@
+"""Hypercorn for both processes: one config builder, our TLS context, run until SIGTERM.
+
+    gateway.server ─┐
+                    ├─▶ hypercorn_config() ─▶ serve() ─▶ Hypercorn (patched, see hazmat)
+    scorer.server  ─┘                          run(): uvloop when present
+
+Each process adds only its own settings to the config (the gateway: handshake, read and
+header limits, ALPN; the scorer: nothing more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+from hypercorn.typing import ASGIFramework
+
+from serving.hazmat import hypercorn_h11
+
+
+class TLSConfig(Config):
+    """Hypercorn config that serves our `ssl.SSLContext` instead of building its own.
+
+    Hypercorn's `create_ssl_context` resets the options and pins its own ciphers; ours
+    follows the profile `serving.tls` builds.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__()
+        self._context = context
+
+    def create_ssl_context(self) -> ssl.SSLContext:
+        return self._context
+
+
+def hypercorn_config(
+    *,
+    host: str,
+    port: int,
+    log_level: str,
+    keep_alive_timeout_s: float,
+    tls: tuple[ssl.SSLContext, Path, Path] | None = None,
+) -> Config:
+    """The settings both processes share; ``tls`` is (context, certificate, key)."""
+    if tls is not None:
+        context, cert, key = tls
+        config: Config = TLSConfig(context)
+        # Hypercorn serves TLS only when these are set; the files are those in our context.
+        config.certfile, config.keyfile = str(cert), str(key)
+    else:
+        config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.include_server_header = False  # no banner naming the software
+    config.keep_alive_timeout = keep_alive_timeout_s
+    config.accesslog = None  # the gateway's audit trail is the access record
+    # Hypercorn's own messages go through our (JSON) root handler, not a handler of its own.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.loglevel = log_level
+    return config
+
+
+async def serve(
+    app: ASGIFramework,
+    config: Config,
+    *,
+    around: Callable[[], Awaitable[Callable[[], Awaitable[None]]]] | None = None,
+) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, then stop as Hypercorn does: stop accepting,
+    let in-flight requests finish within ``graceful_timeout``, run the app's shutdown.
+
+    ``around``, when given, starts something beside the app (the metrics listener) and
+    returns how to stop it once serving has ended.
+    """
+    hypercorn_h11.install()  # one write per response, no task per read (serving.hazmat)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    cleanup = await around() if around is not None else None
+    try:
+        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
+    finally:
+        if cleanup is not None:
+            await cleanup()
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main`` on uvloop where it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
