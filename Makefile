@@ -54,7 +54,8 @@ checkov: $(CHECKOV_STAMP)
 demo: $(STAMP)
 	$(BIN)/scoregate demo $(if $(ONCE),--once)
 
-## make test: lint, type checks and the whole test suite (starts Redis if none answers).
+## make test: lint (ruff, the import contracts), type checks and the whole test suite
+## (starts Redis if none answers).
 test: lint typecheck $(CHECKOV_STAMP) $(SSLYZE_STAMP)
 	bash .ci/ensure-redis
 	$(BIN)/pytest
@@ -62,6 +63,7 @@ test: lint typecheck $(CHECKOV_STAMP) $(SSLYZE_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -101,4 +103,4 @@ bench-batching: $(STAMP)
 	$(BIN)/python bench/batching.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) $(SSLYZE_VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(CHECKOV_VENV) $(SSLYZE_VENV) .venv-extras var .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -9,7 +9,7 @@ audit writer's sealing and writing per record; and B5, the sum on memory storage
 
 Beside B5, one sliding-window hit with 20,000 other callers' counters held and the event
 loop turning after each request, as in a server: on the gateway's in-process counters
-(gateway/counters.py) and on `limits`' own async memory storage, whose cost grows with
+(gateway/ratelimit/memory.py) and on `limits`' own async memory storage, whose cost grows with
 the keys it holds.
 """
 
@@ -31,16 +31,16 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.identity import lifecycle
 from gateway.audit.record import AuditEvent, utc_timestamp
-from gateway.audit.trail import AuditTrail
-from gateway.audit.sinks import FileSink
 from gateway.audit.signing import load_signer
+from gateway.audit.sinks import FileSink
+from gateway.audit.trail import AuditTrail
+from gateway.identity import lifecycle
 from gateway.identity.apikeys import authenticate
-from gateway.ratelimit.memory import LocalCounters
 from gateway.identity.keyring import KeyRing
 from gateway.identity.principal import Principal
 from gateway.ratelimit.limiter import Limiter
+from gateway.ratelimit.memory import LocalCounters
 from gateway.ratelimit.policy import RateLimitPolicy
 from gateway.secretstore.localfile import LocalSecretStore
 from gateway.secretstore.protocol import utcnow

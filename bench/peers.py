@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench.procs import Server, free_port, start, wait_ready
 from certs.authority import CertPaths, ensure_server_certificate
-from gateway.identity.keyring import JWT_KEY_PREFIX
 from gateway.identity import lifecycle
+from gateway.identity.keyring import JWT_KEY_PREFIX
 from gateway.secretstore.localfile import LocalSecretStore
 from serving.tls import INTERMEDIATE_CIPHERS
 
@@ -107,9 +107,7 @@ async def make_identity(state: Path) -> Credentials:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode("ascii")
     )
-    await store.set(
-        f"{JWT_KEY_PREFIX}{KID}", public_pem, tags={"alg": "RS256", "issuer": ISSUER}
-    )
+    await store.set(f"{JWT_KEY_PREFIX}{KID}", public_pem, tags={"alg": "RS256", "issuer": ISSUER})
     public_file = state / "jwt-rs256-public.pem"
     public_file.write_text(public_pem)
     now = int(time.time())

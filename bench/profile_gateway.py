@@ -32,6 +32,8 @@ from bench.run import start_stack  # noqa: E402
 # Library of a function, from the start of its file's path (first match wins).
 LIBRARIES = (
     ("gateway/", "gateway (our code)"),
+    ("serving/hazmat/", "hypercorn"),  # our patch of Hypercorn's classes
+    ("serving/", "gateway (our code)"),
     ("hypercorn/", "hypercorn"),
     ("h11/", "h11"),
     ("h2/", "h2"),
@@ -59,7 +61,7 @@ LIBRARIES = (
 )
 
 
-FORWARDING = "forwarding to the scorer (gateway/upstream.py, httptools)"
+FORWARDING = "forwarding to the scorer (gateway/upstream/, httptools)"
 # Step of the request path a sample belongs to: the innermost of these functions on its
 # stack (first match from the leaf up); samples with none are the event loop's own time.
 PHASES = (
@@ -71,6 +73,7 @@ PHASES = (
     ("Limiter.", "rate limits (limits, memory://)"),
     ("JWTValidator.", "authentication (JWT)"),
     ("authenticate", "authentication"),
+    ("Authenticator.", "authentication"),
     ("RequestPath.audit", "audit record (build and queue)"),
     ("RequestPath.", "gateway request path (own code)"),
     ("ScoringPath.", "gateway request path (own code)"),

@@ -375,8 +375,7 @@ def batching_figures(work: Path) -> dict[str, Any]:
 
 
 def verify_audit(state: Path) -> dict[str, Any]:
-    from gateway.audit import review
-    from gateway.audit import signing
+    from gateway.audit import review, signing
     from gateway.secretstore.localfile import LocalSecretStore
 
     keys = asyncio.run(signing.public_keys(LocalSecretStore(state / "secrets.json")))

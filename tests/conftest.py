@@ -27,8 +27,8 @@ from gateway.identity import lifecycle
 from gateway.identity.keyring import secret_name
 from gateway.secretstore.localfile import LocalSecretStore
 from gateway.secretstore.protocol import utcnow
-from serving.tls import client_context
 from scorer.dev.train import train_iris
+from serving.tls import client_context
 from tests.keyvault_server import TOKEN, KeyVaultServer
 
 ROOT = Path(__file__).resolve().parent.parent

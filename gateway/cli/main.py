@@ -189,7 +189,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 # -- token ---------------------------------------------------------------------------
 def cmd_token(args: argparse.Namespace) -> int:
-    from gateway.dev import issuer as dev_issuer
+    try:
+        from gateway.dev import issuer as dev_issuer
+    except ModuleNotFoundError as exc:
+        return _no_dev_tools(exc, "token mint")
     from gateway.identity import lifecycle
     from gateway.identity.issuers import load_issuers
     from gateway.secretstore.localfile import LocalSecretStore

@@ -32,6 +32,9 @@ from limits.aio.storage import MovingWindowSupport, SlidingWindowCounterSupport,
 from limits.storage.base import TimestampedSlidingWindow
 
 log = logging.getLogger("gateway.ratelimit")
+# The `limits` release series whose storage internals this module subclasses and was
+# checked against; pyproject.toml admits that series alone (tests/test_dependencies.py).
+CHECKED_LIMITS_SERIES = "5.8"
 _COUNTER, _EVENTS = 0, 1
 # Each operation pushes at most one entry, so popping up to this many keeps the heap
 # draining while bounding what one request pays when many keys expire together.

@@ -12,13 +12,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY serving ./serving
 COPY gateway ./gateway
-COPY scorer ./scorer
 COPY certs ./certs
-# A virtual environment that the final stage copies whole; pip itself is removed from it
-# once the install is done (nothing installs at run time).
+# A virtual environment that the final stage copies whole, with the gateway's extra only
+# (no scikit-learn, NumPy or torch; the wheel leaves the development tools out); pip
+# itself is removed from it once the install is done (nothing installs at run time).
 RUN python -m venv /opt/scoregate \
-    && /opt/scoregate/bin/pip install --no-cache-dir . \
+    && /opt/scoregate/bin/pip install --no-cache-dir '.[gateway]' \
     && /opt/scoregate/bin/pip uninstall --yes pip
 
 FROM python:3.12.10-slim-bookworm

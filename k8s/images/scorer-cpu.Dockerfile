@@ -13,11 +13,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY gateway ./gateway
+COPY serving ./serving
 COPY scorer ./scorer
-COPY certs ./certs
+# The scorer's extra only: no gateway, no torch; the wheel leaves demo training out.
 RUN python -m venv /opt/scoregate \
-    && /opt/scoregate/bin/pip install --no-cache-dir . \
+    && /opt/scoregate/bin/pip install --no-cache-dir '.[scorer]' \
     && /opt/scoregate/bin/pip uninstall --yes pip
 
 FROM python:3.12.10-slim-bookworm

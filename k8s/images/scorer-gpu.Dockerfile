@@ -23,9 +23,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY gateway ./gateway
+COPY serving ./serving
 COPY scorer ./scorer
-COPY certs ./certs
+# The torch extra only: no gateway, no scikit-learn; the wheel leaves demo training out.
 RUN python3.12 -m venv /opt/scoregate \
     && /opt/scoregate/bin/pip install --no-cache-dir '.[torch]' \
     && /opt/scoregate/bin/pip uninstall --yes pip

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import Forbidden, ModelNotFound
-from gateway.policy import AccessPolicy, PolicyError, RouteTable
 from gateway.identity.principal import Principal
+from gateway.policy import AccessPolicy, PolicyError, RouteTable
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUTES = """

@@ -17,15 +17,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from certs.authority import CertPaths
-from serving import tls
-from gateway.policy import AccessPolicy, RouteTable
-from gateway.identity.principal import Principal
-from gateway.ratelimit.limiter import Limiter
 from gateway.errors import RateLimited
+from gateway.identity.issuers import load_issuers
+from gateway.identity.principal import Principal
+from gateway.policy import AccessPolicy, RouteTable
+from gateway.ratelimit.limiter import Limiter
 from gateway.ratelimit.policy import RateLimitPolicy
 from gateway.settings import GatewaySettings, unknown_environment
-from gateway.identity.issuers import load_issuers
 from scorer.settings import ScorerSettings
+from serving import tls
 from tests.conftest import free_port
 from tests.k8s.conftest import Rendered
 

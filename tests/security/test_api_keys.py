@@ -10,12 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.identity import apikeys
-
-from gateway.identity import apikeys
-
-from gateway.identity import lifecycle
 from gateway.errors import Unauthenticated
+from gateway.identity import apikeys, lifecycle
 from gateway.identity.keyring import KeyRing
 from gateway.secretstore.localfile import LocalSecretStore
 from gateway.secretstore.protocol import utcnow

@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.audit.trail import AuditTrail
 from gateway.audit.review import verify
+from gateway.audit.trail import AuditTrail
 from gateway.service import build_gateway
 from gateway.settings import GatewaySettings
 from tests.conftest import Stack, scoregate, write_access, write_routes

@@ -19,9 +19,7 @@ from tests.gateway.audit.test_trail import event, write
 @pytest.fixture
 def state(tmp_path: Path) -> Path:
     async def make() -> None:
-        signer = await signing.load_signer(
-            LocalSecretStore(tmp_path / "secrets.json"), create=True
-        )
+        signer = await signing.load_signer(LocalSecretStore(tmp_path / "secrets.json"), create=True)
         events = [
             event(
                 1, subject="alice", model="iris", latency_ms=1.0, time="2026-11-26T10:00:00.000Z"

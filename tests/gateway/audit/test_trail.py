@@ -14,9 +14,9 @@ import pytest
 
 from gateway.audit import signing
 from gateway.audit.record import GENESIS, AuditEvent, AuditTrailError, seal
-from gateway.audit.trail import AuditTrail
-from gateway.audit.sinks import FileSink, chain_files
 from gateway.audit.review import verify
+from gateway.audit.sinks import FileSink, chain_files
+from gateway.audit.trail import AuditTrail
 from gateway.secretstore.localfile import LocalSecretStore
 
 

@@ -5,11 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.identity import apikeys
-
-from gateway.identity import lifecycle
-from gateway.identity.apikeys import authenticate
 from gateway.errors import Unauthenticated
+from gateway.identity import apikeys, lifecycle
+from gateway.identity.apikeys import authenticate
 from gateway.identity.keyring import KeyRing
 from gateway.secretstore.localfile import LocalSecretStore
 from gateway.secretstore.protocol import utcnow

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import Unavailable
+from gateway.errors import RateLimited, Unavailable
 from gateway.identity.principal import Principal
-from gateway.ratelimit.limiter import Limiter
-from gateway.errors import RateLimited
-from gateway.ratelimit.policy import RateLimitPolicy, RateLimitPolicyError
 from gateway.ratelimit.addresses import address_key
+from gateway.ratelimit.limiter import Limiter
+from gateway.ratelimit.policy import RateLimitPolicy, RateLimitPolicyError
 from tests.conftest import ROOT, SYSTEM_REDIS, RedisServer, free_port
 
 STORAGES = ["memory://", SYSTEM_REDIS]

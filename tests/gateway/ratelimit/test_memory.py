@@ -21,10 +21,10 @@ from limits.aio.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 
-from gateway.ratelimit.memory import LocalCounters
+from gateway.errors import RateLimited
 from gateway.identity.principal import Principal
 from gateway.ratelimit.limiter import Limiter
-from gateway.errors import RateLimited
+from gateway.ratelimit.memory import LocalCounters
 from gateway.ratelimit.policy import RateLimitPolicy
 
 STRATEGIES = [FixedWindowRateLimiter, MovingWindowRateLimiter, SlidingWindowCounterRateLimiter]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from certs.authority import CertPaths
+from gateway.errors import Unauthenticated
 from gateway.identity import lifecycle
 from gateway.identity.apikeys import authenticate
-from gateway.errors import Unauthenticated
 from gateway.identity.keyring import KeyRing
 from gateway.secretstore.keyvault import KeyVaultSecretStore
 from gateway.secretstore.localfile import LocalSecretStore

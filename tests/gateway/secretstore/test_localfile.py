@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from gateway.secretstore.localfile import LocalSecretStore
-
 from gateway.secretstore.protocol import SecretStoreError, utcnow
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.steps import context
 from gateway.errors import CredentialsInQuery
+from gateway.steps import context
 
 
 def test_request_ids_are_ours_and_a_clients_id_is_kept_only_when_well_formed() -> None:

@@ -1,5 +1,6 @@
-"""The forwarding client (`gateway.upstream.hazmat.http1_pool`) against a real socket server that says
-exactly the bytes each test picks: well-behaved, stale, unframed, oversized, hostile."""
+"""The forwarding client (`gateway.upstream.hazmat.http1_pool`) against a real socket
+server that says exactly the bytes each test picks: well-behaved, stale, unframed,
+oversized, hostile."""
 
 from __future__ import annotations
 

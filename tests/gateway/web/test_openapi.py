@@ -19,7 +19,6 @@ from limits import parse
 from openapi_spec_validator import validate
 from quart import Quart
 
-
 from gateway import errors
 from tests.gateway.web.test_app import make_gateway
 

@@ -1,0 +1,340 @@
+"""What each image installs, made here as its Dockerfile makes it, and run.
+
+No Docker engine here, so each image's build stage is replayed in a virtual environment
+(`.venv-extras/<image>`): the files its COPY lines take (less what its ignore file
+keeps out), installed with its own `pip install '.[extra]'` line. The checks then run
+against that install alone, from a folder outside the checkout:
+- every module the image needs imports, and what it must not carry is absent (the
+  gateway: no scikit-learn, NumPy, SciPy or torch; the scorers: no gateway);
+- the development tools (the demo, the dev token issuer, demo training) are not there;
+- the gateway and the CPU scorer, each from its own install, serve a real scored request
+  over TLS; the GPU scorer serves a digit on the CPU.
+
+The dependencies of each venv are cached by a stamp (pyproject.toml, the Dockerfile,
+the interpreter); the project itself is reinstalled from the files on every session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from certs.authority import CertPaths
+from serving.tls import client_context
+from tests.conftest import free_port, gateway_env, make_keys, write_access, write_routes
+from tests.k8s.conftest import K8S, ROOT, run
+from tests.k8s.test_images import instructions
+
+IMAGES = K8S / "images"
+EXTRAS_ROOT = ROOT / ".venv-extras"
+# The torch wheel the GPU image's build resolves to a CUDA build; here, the CPU one (as
+# `make install` does).
+TORCH = "torch==2.13.0"
+CHECK = r"""
+import importlib, importlib.util, json, pkgutil, sys
+packages, skip = sys.argv[1].split(","), set(sys.argv[2].split(",")) - {""}
+imported, failed = [], {}
+for name in packages:
+    package = importlib.import_module(name)
+    for found in pkgutil.walk_packages(package.__path__, name + "."):
+        if found.name in skip or found.name.endswith(".__main__"):  # __main__ runs the CLI
+            continue
+        try:
+            importlib.import_module(found.name)
+            imported.append(found.name)
+        except Exception as exc:
+            failed[found.name] = repr(exc)
+def present(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+absent = {n: not present(n) for n in sys.argv[3].split(",")}
+print(json.dumps({"imported": imported, "failed": failed, "absent": absent}))
+"""
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    packages: tuple[str, ...]  # what the image's Python code is
+    skip: tuple[str, ...]  # modules of those packages for another image's runtime
+    absent: tuple[str, ...]  # what must not be installed
+
+
+IMAGES_UNDER_TEST = {
+    image.name: image
+    for image in (
+        Image(
+            "gateway",
+            ("serving", "gateway", "certs"),
+            (),
+            ("sklearn", "numpy", "scipy", "torch", "skops", "scorer", "gateway.dev"),
+        ),
+        Image(
+            "scorer-cpu",
+            ("serving", "scorer"),
+            # The torch runtime and image decoding belong to the GPU image.
+            ("scorer.runtimes.pytorch", "scorer.images"),
+            ("gateway", "certs", "torch", "PIL", "scorer.dev", "aiohttp", "jwt", "azure"),
+        ),
+        Image(
+            "scorer-gpu",
+            ("serving", "scorer"),
+            ("scorer.runtimes.sklearn",),  # the scikit-learn runtime belongs to the CPU image
+            ("gateway", "certs", "sklearn", "skops", "scorer.dev", "aiohttp", "jwt", "azure"),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Install:
+    image: Image
+    bin: Path
+
+    @property
+    def python(self) -> Path:
+        return self.bin / "python"
+
+
+def build_stage(dockerfile: Path) -> tuple[list[str], str]:
+    """The build stage's COPY sources, and the target of its `pip install`."""
+    steps = instructions(dockerfile)
+    froms = [i for i, (word, _) in enumerate(steps) if word == "FROM"]
+    stage = steps[froms[0] : froms[1]]
+    sources = [
+        source
+        for word, args in stage
+        if word == "COPY" and not args.startswith("--")
+        for source in args.split()[:-1]
+    ]
+    (target,) = [
+        m.group(1)
+        for word, args in stage
+        if word == "RUN"
+        for m in [re.search(r"pip install --no-cache-dir '(\.\[[a-z]+\])'", args)]
+        if m
+    ]
+    return sources, target
+
+
+def ignored(image: str) -> list[str]:
+    """The folders the image's ignore file keeps out of the build context."""
+    text = (IMAGES / f"{image}.Dockerfile.dockerignore").read_text()
+    return [
+        line.rstrip("/")
+        for line in text.splitlines()
+        if line and line[0] not in "#!*" and line.endswith("/") and "*" not in line
+    ]
+
+
+def build_context(image: str, into: Path) -> str:
+    """The build context as the image's Dockerfile sees it; returns the pip target."""
+    sources, target = build_stage(IMAGES / f"{image}.Dockerfile")
+    left_out = {ROOT / path for path in ignored(image)}
+    for source in sources:
+        origin = ROOT / source
+        if origin.is_dir():
+
+            def skip(folder: str, names: list[str]) -> list[str]:
+                return [
+                    n
+                    for n in names
+                    if n == "__pycache__" or n.endswith(".pyc") or Path(folder, n) in left_out
+                ]
+
+            shutil.copytree(origin, into / source, ignore=skip)
+        else:
+            shutil.copy2(origin, into / source)
+    return target.replace(".", str(into), 1)
+
+
+def pip(venv_bin: Path, *args: str) -> None:
+    result = run(venv_bin / "python", "-m", "pip", "install", "--quiet", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Install]:
+    """Each image's install, built (or refreshed) once per session."""
+    made = {}
+    for name, image in IMAGES_UNDER_TEST.items():
+        context = tmp_path_factory.mktemp(f"context-{name}")
+        target = build_context(name, context)
+        venv = EXTRAS_ROOT / name
+        stamp = hashlib.sha256(
+            (ROOT / "pyproject.toml").read_bytes()
+            + (IMAGES / f"{name}.Dockerfile").read_bytes()
+            + sys.version.encode()
+        ).hexdigest()
+        stamp_file = venv / ".stamp"
+        if not stamp_file.exists() or stamp_file.read_text() != stamp:
+            shutil.rmtree(venv, ignore_errors=True)
+            result = run(sys.executable, "-m", "venv", venv)
+            assert result.returncode == 0, result.stderr
+            if name == "scorer-gpu":
+                pip(venv / "bin", TORCH)
+            pip(venv / "bin", target)
+            stamp_file.write_text(stamp)
+        else:  # the dependencies are current: refresh the project's own files only
+            pip(venv / "bin", "--no-deps", "--force-reinstall", target)
+        made[name] = Install(image, venv / "bin")
+    return made
+
+
+def inspect(install: Install, cwd: Path) -> dict[str, object]:
+    image = install.image
+    result = run(
+        install.python,
+        "-c",
+        CHECK,
+        ",".join(image.packages),
+        ",".join(image.skip),
+        ",".join(image.absent),
+        cwd=cwd,  # not the checkout: only the install may answer an import
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found: dict[str, object] = json.loads(result.stdout)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES_UNDER_TEST))
+def test_each_image_installs_what_it_runs_and_nothing_else(
+    name: str, installs: dict[str, Install], tmp_path: Path
+) -> None:
+    found = inspect(installs[name], tmp_path)
+    assert found["failed"] == {}
+    imported = set(found["imported"])  # type: ignore[arg-type]
+    entry = {"gateway": "gateway.server", "scorer-cpu": "scorer.server"}.get(name, "scorer.server")
+    assert {entry, "serving.server", "serving.tls"} <= imported
+    assert found["absent"] == dict.fromkeys(IMAGES_UNDER_TEST[name].absent, True)
+
+
+def test_the_development_tools_answer_that_they_are_not_installed(
+    installs: dict[str, Install], tmp_path: Path
+) -> None:
+    gateway = installs["gateway"]
+    for args, command in (
+        (["demo", "--once"], "demo"),
+        (["token", "mint", "--sub", "x"], "token mint"),
+    ):
+        result = run(gateway.bin / "scoregate", *args, cwd=tmp_path)
+        assert result.returncode == 2
+        assert f"`scoregate {command}` is a development tool" in result.stderr
+    for name in ("scorer-cpu", "scorer-gpu"):
+        scorer = installs[name]
+        result = run(
+            scorer.python, "-m", "scorer", "train-demo", "--repository", tmp_path, cwd=tmp_path
+        )
+        assert result.returncode == 2
+        assert "train-demo is a development tool" in result.stderr
+
+
+def start(args: list[str | Path], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as fh:
+        return subprocess.Popen(
+            [str(a) for a in args], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=log.parent
+        )
+
+
+def wait_for(url: str, verify: object, procs: list[subprocess.Popen[bytes]], log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), log.read_text()[-3000:]
+        try:
+            if httpx.get(url, verify=verify, timeout=2).status_code == 200:  # type: ignore[arg-type]
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} not ready: {log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_the_gateway_and_the_cpu_scorer_serve_a_scored_request_from_their_own_installs(
+    installs: dict[str, Install],
+    pki: CertPaths,
+    model_repo: Path,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    state = tmp_path / "state"
+    shutil.copytree(pki.root, state / "certs")
+    keys = asyncio.run(make_keys(state / "secrets.json"))
+    scorer_port, gateway_port = free_port(), free_port()
+    routes = write_routes(state / "routes.toml", f"http://127.0.0.1:{scorer_port}")
+    env = gateway_env(state, routes, write_access(state / "access.toml"), gateway_port)
+    # As the pod sets it: the installed package holds no policies/ folder of its own.
+    env["SCOREGATE_JWT_ISSUERS_FILE"] = str(ROOT / "policies" / "issuers.toml")
+    env["PATH"] = "/usr/bin:/bin"
+    scorer = installs["scorer-cpu"]
+    serve = ["-m", "scorer", "serve", "--repository", str(model_repo), "--port", str(scorer_port)]
+    processes.append(start([scorer.python, *serve], env, state / "scorer.log"))
+    # The image's ENTRYPOINT and CMD: `scoregate serve`.
+    processes.append(start([installs["gateway"].bin / "scoregate", "serve"], env, state / "gw.log"))
+    base = f"https://localhost:{gateway_port}"
+    verify = client_context(pki.ca_cert)
+    wait_for(f"{base}/v2/health/ready", verify, processes, state / "gw.log")
+    r = httpx.post(
+        f"{base}/v1/models/iris:predict",
+        json={"instances": [[5.1, 3.5, 1.4, 0.2]]},
+        headers={"api-key": keys.iris},
+        verify=verify,
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": ["setosa"]}
+
+
+def test_the_gpu_scorer_serves_a_digit_from_its_own_install(
+    installs: dict[str, Install],
+    digits_repo: Path,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    port = free_port()
+    scorer = installs["scorer-gpu"]
+    serve = ["-m", "scorer", "serve", "--repository", str(digits_repo), "--port", str(port)]
+    processes.append(
+        start(
+            [scorer.python, *serve, "--runtime", "torch"],
+            {"PATH": "/usr/bin:/bin"},
+            tmp_path / "s.log",
+        )
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_for(f"{base}/v2/health/ready", True, processes, tmp_path / "s.log")
+    samples = json.loads((digits_repo / "digits" / "samples.json").read_text())
+    pngs = [s["png"] for s in samples]
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(pngs)], "data": pngs}]}
+    r = httpx.post(f"{base}/v2/models/digits/infer", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    predicted = r.json()["outputs"][0]["data"]
+    truth = [str(s["label"]) for s in samples]
+    assert sum(p == t for p, t in zip(predicted, truth, strict=True)) >= len(samples) - 1
