@@ -32,7 +32,6 @@ from bench.run import start_stack  # noqa: E402
 # Library of a function, from the start of its file's path (first match wins).
 LIBRARIES = (
     ("gateway/", "gateway (our code)"),
-    ("serving/hazmat/", "hypercorn"),  # our patch of Hypercorn's classes
     ("serving/", "gateway (our code)"),
     ("hypercorn/", "hypercorn"),
     ("h11/", "h11"),
