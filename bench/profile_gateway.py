@@ -106,7 +106,7 @@ def library(function: str) -> str:
 
 
 def _short(path: str) -> str:
-    """A frame's file without the install prefix: ``quart/app.py``, ``gateway/app.py``."""
+    """A frame's file without the install prefix: ``quart/app.py``, ``gateway/web/app.py``."""
     for marker in ("site-packages/", "/lib/python3.11/", str(ROOT) + "/"):
         if marker in path:
             return path.rpartition(marker)[2]

@@ -68,7 +68,7 @@ class GatewaySettings(BaseSettings):
     key_max_staleness_s: float = Field(default=300.0, gt=0)
 
     # Rate limits: policy file, storage URI (memory:// or async+redis://host:port), and
-    # what happens when that storage fails (see gateway/ratelimit.py).
+    # what happens when that storage fails (see gateway/ratelimit/limiter.py).
     rate_limit_policy_file: Path = REPO_ROOT / "policies" / "ratelimits.toml"
     rate_limit_storage: str = "memory://"
     rate_limit_on_storage_failure: Literal["memory", "closed", "open"] = "memory"

@@ -69,7 +69,7 @@ def assert_common_hardening(scan: dict[str, Any]) -> None:
         "public_key": "ecdsa secp256r1",
         "signature": "ecdsa-with-SHA256",
     }
-    # One key-exchange group, P-256 (gateway/tls.py explains why one); sslyze probed
+    # One key-exchange group, P-256 (serving/tls.py explains why one); sslyze probed
     # every named curve it knows and the server took no other.
     assert scan["supported_curves"] == ["secp256r1"]
     assert "X448" in scan["curves_rejected"] and "secp521r1" in scan["curves_rejected"]

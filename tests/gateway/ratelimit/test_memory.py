@@ -216,7 +216,7 @@ async def test_many_distinct_addresses_cannot_make_every_request_walk_every_coun
         await limiter.check_address(address)
         await limiter.check_principal(who, "iris", 1)
 
-    # One address per /64: an IPv6 caller is counted by its /64 (gateway/ratelimit.py).
+    # One address per /64: an IPv6 caller is counted by its /64 (gateway/ratelimit/addresses.py).
     for n in range(20):
         await request(f"2001:db8:0:{n:x}::1")
     few = await profiled(lambda: request("2001:db8:ffff:1::1"))
