@@ -43,6 +43,15 @@ def load_issuers(path: Path) -> list[IssuerConfig]:
         if weak:
             raise IssuerError(f"{path}: issuer {name!r} allows non-asymmetric algorithms {weak}")
         configs.append(
-            IssuerConfig(name, cfg.issuer, cfg.audience, frozenset(cfg.algorithms), cfg.leeway_s)
+            IssuerConfig(
+                name,
+                cfg.issuer,
+                cfg.audience,
+                frozenset(cfg.algorithms),
+                cfg.leeway_s,
+                # Without it no JWKS fetcher starts, and every token of the issuer (an Entra
+                # ID tenant's) is refused as an unknown kid.
+                jwks_url=cfg.jwks_url,
+            )
         )
     return configs

@@ -17,6 +17,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.identity.tokens import ASYMMETRIC, VerificationKey, load_public_key
 from gateway.secretstore.protocol import SecretStore, SecretVersion, utcnow
@@ -25,6 +28,12 @@ log = logging.getLogger("gateway.keys")
 _MAX_BACKOFF_S = 60.0
 SECRET_PREFIX = "apikey-"  # noqa: S105 - a name prefix, not a secret
 JWT_KEY_PREFIX = "jwtkey-"
+
+
+def _spki(key: Any) -> bytes:
+    """A public key's DER SubjectPublicKeyInfo: equal exactly when the keys are."""
+    der: bytes = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return der
 
 
 def secret_name(key_id: str) -> str:
@@ -106,7 +115,7 @@ class KeyRing:
         self._interval = refresh_interval_s
         self._keys: Mapping[str, tuple[KeyGeneration, ...]] = {}
         self._on_jwt_keys = on_jwt_keys
-        self._jwt_fingerprint: tuple[tuple[str, str, str], ...] | None = None
+        self._jwt_fingerprint: tuple[tuple[str, str, str, bytes], ...] | None = None
         self.loaded = False
         self.last_refresh_monotonic: float | None = None
         self.last_error: str | None = None
@@ -122,7 +131,12 @@ class KeyRing:
             keys[key_id] = tuple(KeyGeneration.from_secret(key_id, v) for v in versions)
         if self._on_jwt_keys is not None:
             jwt_keys = await load_verification_keys(self._store)
-            fingerprint = tuple(sorted((k.kid, k.issuer, k.algorithm) for k in jwt_keys.values()))
+            # The key material is part of what changes: a key replaced or disabled under the
+            # same kid (after a compromise, RFC 8725 §3.1) must stop verifying at once, and
+            # the swap drops every verdict cached under the old key.
+            fingerprint = tuple(
+                sorted((k.kid, k.issuer, k.algorithm, _spki(k.key)) for k in jwt_keys.values())
+            )
             if fingerprint != self._jwt_fingerprint:  # swap only on change: keeps the cache warm
                 self._on_jwt_keys(jwt_keys)
                 self._jwt_fingerprint = fingerprint

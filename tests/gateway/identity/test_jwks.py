@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -14,8 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certs.authority import CertPaths
 from gateway.errors import Unauthenticated
+from gateway.identity.issuers import load_issuers
 from gateway.identity.jwks import JWKSKeys, parse_jwks
 from gateway.identity.tokens import IssuerConfig, JWTValidator
+from gateway.service import build_gateway
+from gateway.settings import GatewaySettings
+from gateway.web.app import create_app
+from tests.conftest import write_access, write_routes
 from tests.keyvault_server import KeyVaultServer
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -171,3 +177,35 @@ def test_parse_jwks_binds_each_key_to_one_allowed_algorithm() -> None:
     assert sorted(keys) == ["ok"]  # two algorithms allowed: a key without alg is ambiguous
     with pytest.raises(ValueError):
         parse_jwks({"nokeys": []}, issuer)
+
+
+async def test_an_issuer_with_a_jwks_url_in_issuers_toml_gets_its_keys_in_the_gateway(
+    idp: KeyVaultServer, pki: CertPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # k8s/base/config/issuers.toml documents Entra ID issuers by their jwks_url: the file's
+    # setting must reach the gateway, or every Entra token is an unknown kid (401).
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_cert))  # the stand-in IdP's CA, as trust
+    issuers = tmp_path / "issuers.toml"
+    issuers.write_text(
+        '[issuers.entra]\nissuer = "https://login.test/tenant/v2.0"\n'
+        f'audience = "api://scoregate"\nalgorithms = ["RS256"]\njwks_url = "{idp.url}/jwks"\n'
+    )
+    (issuer,) = load_issuers(issuers)
+    assert issuer.jwks_url == f"{idp.url}/jwks"
+    settings = GatewaySettings(
+        state_dir=tmp_path,
+        routes_file=write_routes(tmp_path / "routes.toml", "http://127.0.0.1:9"),
+        access_policy_file=write_access(tmp_path / "access.toml"),
+        jwt_issuers_file=issuers,
+    )
+    gw = build_gateway(settings)
+    async with create_app(gw).test_app() as app:
+        for _ in range(200):
+            if gw.jwks and gw.jwks[0].keys:
+                break
+            await asyncio.sleep(0.02)
+        bearer = {"authorization": f"Bearer {token(KEY, 'k1', issuer)}"}
+        r = await app.test_client().get("/v2/models/iris", headers=bearer)
+    # Authenticated and authorized (its roles grant iris): the scorer behind is down.
+    assert r.status_code == 503
+    assert (await r.get_json())["error"]["code"] == "upstream_unavailable"

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.authority import CertPaths
 from gateway.errors import Unauthenticated
 from gateway.identity import lifecycle
 from gateway.identity.apikeys import authenticate
 from gateway.identity.keyring import KeyRing
+from gateway.identity.tokens import IssuerConfig, JWTValidator
 from gateway.secretstore.keyvault import KeyVaultSecretStore
 from gateway.secretstore.localfile import LocalSecretStore
 from gateway.secretstore.protocol import SecretStore, SecretStoreError, utcnow
@@ -146,3 +151,46 @@ async def test_refresh_backs_off_while_the_vault_throttles(
     finally:
         vault.state.fail_with = None
         refresher.cancel()
+
+
+def _es256_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
+    )
+
+
+def _token(key: ec.EllipticCurvePrivateKey, kid: str) -> str:
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "scoregate", "sub": "alice", "iat": now, "exp": now + 300}
+    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
+
+
+ISSUER = "https://scoregate.test/issuer"
+
+
+async def test_a_jwt_key_replaced_or_disabled_under_the_same_kid_is_refused_after_one_refresh(
+    store: SecretStore,
+) -> None:
+    # Key compromise (RFC 8725 §3.1): a key replaced under the same kid, or its newest
+    # version disabled, must stop verifying at the next refresh, cached verdicts included.
+    old, new = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    tags = {"alg": "ES256", "issuer": ISSUER}
+    await store.set("jwtkey-k1", _es256_pem(old), tags=tags)
+    validator = JWTValidator([IssuerConfig("t", ISSUER, "scoregate", frozenset({"ES256"}))])
+    ring = KeyRing(store, refresh_interval_s=60, on_jwt_keys=validator.set_keys)
+    await ring.refresh()
+    signed_by_old = _token(old, "k1")
+    assert validator.authenticate(signed_by_old).subject == "alice"  # verified, and cached
+    await store.set("jwtkey-k1", _es256_pem(new), tags=tags)  # the same kid, another key
+    await ring.refresh()
+    with pytest.raises(Unauthenticated):
+        validator.authenticate(signed_by_old)
+    signed_by_new = _token(new, "k1")
+    assert validator.authenticate(signed_by_new).subject == "alice"
+    newest = (await store.versions("jwtkey-k1"))[-1]
+    await store.update("jwtkey-k1", newest.version, enabled=False)
+    await ring.refresh()
+    with pytest.raises(Unauthenticated):
+        validator.authenticate(signed_by_new)
