@@ -18,5 +18,11 @@ RUN find /opt/models -type d -exec chmod 0555 {} +
 USER 10001:10001
 # Runs once and exits: there is nothing to health-check.
 HEALTHCHECK NONE
-ENTRYPOINT ["python", "-c", "import shutil, sys; shutil.copytree('/opt/models', sys.argv[1], dirs_exist_ok=True)"]
+# The copy runs as the pod runs it: UID 10001, no capabilities, into an emptyDir owned by
+# root with the fsGroup's group (mode 2777). It changes nothing it does not own: no mode,
+# owner or time is copied (--no-preserve=all; Python's copytree ended with a chmod of the
+# volume's root, refused to UID 10001, and the pod never started), and files a previous
+# run left (a restarted pod) are replaced, not written into (--remove-destination).
+# Tested under setpriv against the rendered Deployment (tests/k8s/test_image_installs.py).
+ENTRYPOINT ["cp", "-R", "--no-preserve=all", "--remove-destination", "/opt/models/."]
 CMD ["/models"]

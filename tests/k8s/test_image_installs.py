@@ -1,4 +1,4 @@
-"""What each image installs, made here as its Dockerfile makes it, and run.
+"""What each image installs, made here as its Dockerfile makes it, and run as AKS runs it.
 
 No Docker engine here, so each image's build stage is replayed in a virtual environment
 (`.venv-extras/<image>`): the files its COPY lines take (less what its ignore file
@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ import pytest
 from certs.authority import CertPaths
 from serving.tls import client_context
 from tests.conftest import free_port, gateway_env, make_keys, write_access, write_routes
-from tests.k8s.conftest import K8S, ROOT, run
+from tests.k8s.conftest import K8S, ROOT, Rendered, run
 from tests.k8s.test_images import instructions
 
 IMAGES = K8S / "images"
@@ -338,3 +340,112 @@ def test_the_gpu_scorer_serves_a_digit_from_its_own_install(
     predicted = r.json()["outputs"][0]["data"]
     truth = [str(s["label"]) for s in samples]
     assert sum(p == t for p, t in zip(predicted, truth, strict=True)) >= len(samples) - 1
+
+
+# -- containers start as AKS starts them ----------------------------------------------
+POD_UID = POD_GID = FS_GROUP = 10001
+# The images' interpreter is their own /usr/local/bin/python; here, an interpreter the pod
+# user may run (this machine's own Python lives under /root, closed to UID 10001).
+POD_PYTHON = Path("/usr/bin/python3")
+
+
+def as_pod_user(args: list[str]) -> list[str]:
+    """The pod's security context: UID/GID 10001, the fsGroup as a supplementary group,
+    no capabilities at all (`capabilities.drop: [ALL]`, no privilege escalation)."""
+    return [
+        "setpriv",
+        f"--reuid={POD_UID}",
+        f"--regid={POD_GID}",
+        f"--groups={FS_GROUP}",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        *args,
+    ]
+
+
+def world_readable_tmp() -> Path:
+    """A scratch folder UID 10001 can reach (pytest's own is root's alone)."""
+    folder = Path(tempfile.mkdtemp(prefix="scoregate-pod-"))
+    folder.chmod(0o755)
+    return folder
+
+
+def models_image(repository: Path, into: Path) -> Path:
+    """/opt/models as models.Dockerfile lays it out: owned by root, files 0444, dirs 0555."""
+    source = into / "opt-models"
+    shutil.copytree(repository, source)
+    for path in sorted(source.rglob("*"), reverse=True):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    source.chmod(0o555)
+    return source
+
+
+def empty_dir_volume(into: Path) -> Path:
+    """An emptyDir as the kubelet makes it for a pod with an fsGroup: root-owned, the
+    fsGroup's group, mode 2777."""
+    volume = into / "models-volume"
+    volume.mkdir()
+    os.chown(volume, 0, FS_GROUP)
+    volume.chmod(0o2777)
+    return volume
+
+
+def init_container_command(rendered: Rendered, deployment: str, source: Path) -> list[str]:
+    """The models init container's command as the rendered Deployment runs it: the image's
+    ENTRYPOINT (models.Dockerfile) and the container's args, with the image's folder and
+    the volume's mount path mapped to this machine's."""
+    pod = rendered.get("Deployment", deployment)["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (entry,) = [a for w, a in instructions(IMAGES / "models.Dockerfile") if w == "ENTRYPOINT"]
+    command = [*json.loads(entry), *init["args"]]
+    (mount,) = init["volumeMounts"]
+    assert pod["securityContext"]["fsGroup"] == FS_GROUP
+    assert init["securityContext"]["runAsUser"] == POD_UID
+    if command[0] == "python":
+        command[0] = str(POD_PYTHON)
+    return [
+        part.replace("/opt/models", str(source)).replace(mount["mountPath"], "{volume}")
+        for part in command
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setpriv needs root to become UID 10001")
+def test_the_models_init_container_copies_as_uid_10001_twice_and_the_scorer_loads_them(
+    installs: dict[str, Install],
+    rendered: dict[str, Rendered],
+    model_repo: Path,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    scratch = world_readable_tmp()
+    try:
+        source = models_image(model_repo, scratch)
+        volume = empty_dir_volume(scratch)
+        command = init_container_command(rendered["production"], "scorer-cpu", source)
+        command = [part.replace("{volume}", str(volume)) for part in command]
+        for attempt in (1, 2):  # a restarted pod runs its init container again
+            result = run(*as_pod_user(command), cwd=scratch)
+            assert result.returncode == 0, (attempt, result.stderr[-2000:])
+        for path in source.rglob("*"):
+            copied = volume / path.relative_to(source)
+            assert copied.is_dir() if path.is_dir() else copied.read_bytes() == path.read_bytes()
+        # The scorer, as the pod runs it, loads every model from the volume (digests checked).
+        port = free_port()
+        scorer = installs["scorer-cpu"]
+        serve = ["-m", "scorer", "serve", "--repository", str(volume), "--port", str(port)]
+        (site,) = scorer.bin.parent.glob("lib/python3*/site-packages")
+        log = scratch / "scorer.log"
+        with log.open("wb") as fh:
+            processes.append(
+                subprocess.Popen(
+                    as_pod_user([str(POD_PYTHON), *serve]),
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    cwd=scratch,
+                    # The scorer image's install, under the interpreter the pod user can run.
+                    env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)},
+                )
+            )
+        wait_for(f"http://127.0.0.1:{port}/v2/models/iris/ready", True, processes, log)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
