@@ -6,14 +6,13 @@ judged ready. Built once in the entry point (`gateway.server`), served by the we
                                            │         components they call
                                            ├── start(): keys, signer, JWKS and writer tasks
                                            ├── stop():  drain the audit queue, close all
-                                           └── readiness(): keys, tasks, audit, upstreams
+                                           └── readiness(): keys, tasks, audit, limiter
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +37,6 @@ from gateway.upstream.forwarder import Forwarder
 from serving import tls
 
 log = logging.getLogger("gateway")
-_READY_CACHE_S = 2.0
 
 
 @dataclass
@@ -57,7 +55,6 @@ class Gateway:
     jwks: list[JWKSKeys] = field(default_factory=list)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _ready: tuple[float, bool, dict[str, bool]] = (0.0, False, {})
 
     def request_path(self) -> RequestPath:
         """The request steps, bound to this gateway's components."""
@@ -127,47 +124,34 @@ class Gateway:
         await self.store.close()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        now = time.monotonic()
-        checked_at, upstreams_ok, upstreams = self._ready
-        if now - checked_at > _READY_CACHE_S:
-            routes = {r.upstream_name: r for r in map(self.routes.resolve, self.routes.models)}
-            results = await asyncio.gather(*(self.forwarder.probe(r) for r in routes.values()))
-            upstreams = dict(zip(routes, results, strict=True))
-            upstreams_ok = all(results)
-            self._ready = (now, upstreams_ok, upstreams)
+        """Whether this replica can serve: its own parts only (keys loaded and fresh, its
+        background tasks alive, the audit trail accepting, the limiter's storage usable).
+
+        The scorers are not part of it: a scorer that is down or slow makes its own models
+        answer 503 (its breaker, `Retry-After`; `/v2/models/{model}/ready` says so), and
+        never takes every replica out of the load balancer, other models included. The
+        body is public (load balancers call it), so it names nothing internal: no
+        upstream, no issuer, no error text (OWASP API8); the details are in the logs.
+        """
         staleness = self.keys.staleness_s()
         limiter = self.limiter.state
         keys_fresh = staleness is not None and staleness <= self.settings.key_max_staleness_s
         # A background task that ended (it never should) makes the replica unfit to serve.
         tasks_alive = all(not task.done() for task in self._tasks)
+        jwks_error = next((f.last_error for f in self.jwks if f.last_error), None)
         checks = {
             "keys_loaded": self.keys.loaded,
             "keys_fresh": keys_fresh,
             "keys_staleness_s": None if staleness is None else round(staleness, 1),
-            # Readiness is public (load balancers call it): say that a source failed, never
-            # its error text, which can name the vault or the JWKS URL (OWASP API8); the
-            # text is in the gateway's logs.
             "keys_last_error": _public_error(self.keys.last_error, "secret store"),
-            "jwks": {
-                f.issuer.name: {
-                    "keys": len(f.keys),
-                    "last_error": _public_error(f.last_error, "JWKS endpoint"),
-                }
-                for f in self.jwks
-            },
+            "jwks_keys_loaded": all(f.keys for f in self.jwks),
+            "jwks_last_error": _public_error(jwks_error, "JWKS endpoint"),
             "background_tasks_alive": tasks_alive,
             "audit_accepting": self.audit.accepting,
             "audit_signing": self.audit.signer is not None,
             "rate_limit_storage": limiter,
-            "upstreams": upstreams,
         }
-        ready = (
-            keys_fresh
-            and tasks_alive
-            and self.audit.accepting
-            and upstreams_ok
-            and limiter != "closed"
-        )
+        ready = keys_fresh and tasks_alive and self.audit.accepting and limiter != "closed"
         return ready, checks
 
 

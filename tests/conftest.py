@@ -318,6 +318,8 @@ def stack(
     }
     base = f"https://localhost:{gateway_port}"
     try:
+        # The gateway's readiness is its own; the scorer's is on its own port.
+        wait_ready(f"{scorer_url}/v2/health/ready", None, procs, logs)
         wait_ready(
             f"{base}/v2/health/ready", client_context(state / "certs" / "ca.pem"), procs, logs
         )

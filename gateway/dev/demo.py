@@ -72,7 +72,13 @@ def _stop(processes: list[DemoProcess]) -> None:
             p.proc.kill()
 
 
-def _wait_ready(url: str, ca: Path, processes: list[DemoProcess], timeout_s: float = 90) -> None:
+def _wait_ready(
+    url: str,
+    ca: Path,
+    processes: list[DemoProcess],
+    timeout_s: float = 90,
+    api_key: str | None = None,
+) -> None:
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
@@ -80,14 +86,14 @@ def _wait_ready(url: str, ca: Path, processes: list[DemoProcess], timeout_s: flo
             if p.proc.poll() is not None:
                 raise DemoError(f"{p.name} exited with {p.proc.returncode}:\n{p.tail()}")
         try:
-            reply = call(url, ca=ca, timeout_s=2)
+            reply = call(url, ca=ca, timeout_s=2, api_key=api_key)
             if reply.status == 200:
                 return
             last = f"{reply.status} {reply.body}"
         except OSError as exc:
             last = str(exc)
         time.sleep(0.3)
-    raise DemoError(f"the gateway did not become ready in {timeout_s:.0f}s: {last}")
+    raise DemoError(f"{url} did not become ready in {timeout_s:.0f}s: {last}")
 
 
 def _check_port_free(port: int) -> None:
@@ -215,6 +221,9 @@ def run_demo(
     base = f"https://localhost:{settings.port}"
     try:
         _wait_ready(f"{base}/v2/health/ready", ca, processes)
+        # The gateway is ready on its own; each model once its scorer has loaded it.
+        for model in ("iris", "digits"):
+            _wait_ready(f"{base}/v2/models/{model}/ready", ca, processes, api_key=api_key)
         ok, request_ids = _show_requests(base, ca, api_key, token, models, out)
         ok &= _show_audit(state / "audit", request_ids, out)
         curl = (

@@ -133,21 +133,6 @@ class Forwarder:
             raise UpstreamUnavailable(reason="upstream_503")
         raise BadUpstream(reason=f"upstream_status_{status}")
 
-    async def probe(self, route: Route) -> bool:
-        """True when the upstream answers its readiness endpoint with 200."""
-        try:
-            async with asyncio.timeout(1.0):
-                answer = await self._pool(route).exchange(
-                    "GET",
-                    "/v2/health/ready",
-                    {"accept": "application/json"},
-                    None,
-                    connect_timeout_s=route.upstream.connect_timeout_s,
-                )
-        except (UpstreamError, TimeoutError):
-            return False
-        return answer.status == 200
-
 
 def _upstream_message(payload: bytes) -> str | None:
     """The scorer's own (safe, ours) error message, or None when it is not the expected shape."""

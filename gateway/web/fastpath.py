@@ -131,7 +131,7 @@ class ScoringPath:
         headers = [*self._security]
         headers.extend(
             (k.lower().encode(), v.encode())
-            for k, v in (*closing_headers(ex, scope["http_version"]), *extra.items())
+            for k, v in closing_headers(ex, scope["http_version"], extra)
         )
         self._path.audit(ex, status, len(body))
         await send_json(send, status, body, headers)

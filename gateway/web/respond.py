@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from werkzeug.exceptions import HTTPException
 
@@ -43,10 +43,13 @@ def security_headers(settings: GatewaySettings) -> dict[str, str]:
     }
 
 
-def closing_headers(ex: Exchange, http_version: str) -> list[tuple[str, str]]:
-    """The request's own headers after the security ones: its id, and ``Connection:
-    close`` on HTTP/1.1 when the path decided the connection must not be reused."""
-    headers = [("X-Request-Id", ex.request_id)]
+def closing_headers(
+    ex: Exchange, http_version: str, extra: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """The request's own headers after the security ones: its id, the ones its error
+    calls for, and ``Connection: close`` on HTTP/1.1 when the path decided the connection
+    must not be reused."""
+    headers = [("X-Request-Id", ex.request_id), *(extra or {}).items()]
     if ex.close_connection and http_version.startswith("1"):
         headers.append(("Connection", "close"))
     return headers

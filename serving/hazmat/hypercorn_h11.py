@@ -37,7 +37,7 @@ from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol.h11 import H11Protocol
 
-log = logging.getLogger("serving.hazmat.hypercorn_h11")
+log = logging.getLogger("gateway.transport")
 PATCHED_VERSIONS = frozenset({"0.18.0"})
 _Sendable = h11.Data | h11.EndOfMessage | h11.InformationalResponse | h11.Response
 

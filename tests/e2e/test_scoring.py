@@ -160,7 +160,9 @@ def test_http2_is_negotiated_over_alpn(stack: Stack) -> None:
     assert r.json() == {"predictions": ["setosa"]}
 
 
-def test_readiness_reports_keys_audit_and_upstreams(stack: Stack) -> None:
+def test_readiness_reports_the_replicas_own_parts_and_names_nothing_internal(
+    stack: Stack,
+) -> None:
     with stack.client() as client:
         r = client.get("/v2/health/ready")
     assert r.status_code == 200
@@ -168,7 +170,8 @@ def test_readiness_reports_keys_audit_and_upstreams(stack: Stack) -> None:
     assert body["ready"] is True
     assert body["keys_loaded"] is True
     assert body["audit_accepting"] is True
-    assert body["upstreams"] == {"cpu": True}
+    assert body["rate_limit_storage"] == "memory"
+    assert "upstreams" not in body
 
 
 def test_audit_chain_verifies_and_counts_every_request(stack: Stack) -> None:

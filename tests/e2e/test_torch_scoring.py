@@ -116,6 +116,7 @@ def torch_stack(
     }
     base = f"https://localhost:{gateway_port}"
     try:
+        wait_ready(f"{scorer}/v2/health/ready", None, procs, logs)  # the model warmed up
         wait_ready(f"{base}/v2/health/ready", client_context(stack.ca), procs, logs)
         samples = json.loads((digits_repo / "digits" / "samples.json").read_text())
         yield TorchStack(base, scorer, key, stack.ca, state, samples)

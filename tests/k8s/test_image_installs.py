@@ -302,6 +302,9 @@ def test_the_gateway_and_the_cpu_scorer_serve_a_scored_request_from_their_own_in
     processes.append(start([installs["gateway"].bin / "scoregate", "serve"], env, state / "gw.log"))
     base = f"https://localhost:{gateway_port}"
     verify = client_context(pki.ca_cert)
+    wait_for(
+        f"http://127.0.0.1:{scorer_port}/v2/health/ready", True, processes, state / "scorer.log"
+    )
     wait_for(f"{base}/v2/health/ready", verify, processes, state / "gw.log")
     r = httpx.post(
         f"{base}/v1/models/iris:predict",

@@ -257,9 +257,12 @@ async def test_scorer_down_is_503_fast(tmp_path: Path) -> None:
             503,
             "upstream_unavailable",
         )
+        # Its model is unavailable; the replica is not (readiness per replica, DESIGN.md).
+        model = await test_app.test_client().get("/v2/models/iris/ready", headers={"api-key": key})
+        assert model.status_code == 503
         ready = await test_app.test_client().get("/v2/health/ready")
-        assert ready.status_code == 503
-        assert (await ready.get_json())["upstreams"] == {"cpu": False}
+        assert ready.status_code == 200
+        assert "upstreams" not in await ready.get_json()
 
 
 async def test_too_many_instances_is_413_before_forwarding(
