@@ -12,6 +12,10 @@ from gateway.settings import GatewaySettings
 from gateway.web.app import create_app
 from serving import logs, server, tls
 
+# After SIGTERM: requests in flight may take this long to finish (k8s: the pod's
+# terminationGracePeriodSeconds covers it, tests/k8s/test_rollouts.py).
+GRACEFUL_TIMEOUT_S = 10.0
+
 
 def hypercorn_config(settings: GatewaySettings) -> Config:
     context = tls.server_context(
@@ -32,7 +36,7 @@ def hypercorn_config(settings: GatewaySettings) -> Config:
     config.read_timeout = settings.read_timeout_s
     config.h11_max_incomplete_size = settings.max_header_bytes
     config.h2_max_header_list_size = settings.max_header_bytes
-    config.graceful_timeout = 10.0
+    config.graceful_timeout = GRACEFUL_TIMEOUT_S
     return config
 
 

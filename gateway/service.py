@@ -37,6 +37,8 @@ from gateway.upstream.forwarder import Forwarder
 from serving import tls
 
 log = logging.getLogger("gateway")
+# At shutdown, after the last request: how long the audit queue may take to drain.
+AUDIT_DRAIN_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -111,7 +113,7 @@ class Gateway:
     async def stop(self) -> None:
         # Drain the audit queue first: in-flight requests have finished by now.
         try:
-            await asyncio.wait_for(self.audit.drain(), timeout=10)
+            await asyncio.wait_for(self.audit.drain(), timeout=AUDIT_DRAIN_TIMEOUT_S)
         except TimeoutError:
             self.audit.lost += self.audit.depth
             log.error("audit drain timed out: %d records not written", self.audit.depth)

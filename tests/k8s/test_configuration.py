@@ -6,6 +6,7 @@ produces loads, and Redis started with the manifest's arguments serves the limit
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 import subprocess
@@ -36,8 +37,23 @@ def container(overlay: Rendered, deployment: str, name: str) -> dict[str, Any]:
     return found
 
 
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity ("4", "500m") in cores."""
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
 def environment(c: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in c.get("env", [])}
+    """The container's environment as the kubelet sets it: literal values, and resource
+    fields (`limits.cpu` in whole cores, rounded up, as with the default divisor 1)."""
+    env = {}
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+            continue
+        field = e["valueFrom"]["resourceFieldRef"]
+        assert field["resource"] == "limits.cpu" and field.get("divisor", "1") == "1", field
+        env[e["name"]] = str(math.ceil(cpu_cores(c["resources"]["limits"]["cpu"])))
+    return env
 
 
 def mounts(overlay: Rendered, deployment: str, c: dict[str, Any]) -> dict[str, dict[str, Any]]:
