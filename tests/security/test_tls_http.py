@@ -276,3 +276,24 @@ def test_errors_never_carry_stack_traces(stack: Stack) -> None:
             text = r.text
             assert "Traceback" not in text and 'File "' not in text and "Error(" not in text
             assert set(r.json()["error"]) == {"code", "message", "request_id"}
+
+
+def test_plain_http_is_refused_never_redirected(stack: Stack) -> None:
+    # OWASP Transport Layer Security cheat sheet: an API key sent over plain HTTP has
+    # already leaked; a redirect would teach clients that HTTP works. The listener speaks
+    # TLS only (and the LoadBalancer exposes 443 alone, tests/k8s/test_manifests.py).
+    host, port = "localhost", int(stack.base_url.rsplit(":", 1)[1])
+    request = (
+        b"GET /v1/models/iris:predict HTTP/1.1\r\nHost: localhost\r\n"
+        b"api-key: " + stack.keys.iris.encode() + b"\r\n\r\n"
+    )
+    with socket.create_connection((host, port), timeout=5) as raw:
+        raw.sendall(request)
+        answer = b""
+        try:
+            while chunk := raw.recv(4096):
+                answer += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    assert not answer.startswith(b"HTTP/")  # no HTTP answer at all, so no redirect
+    assert b"location" not in answer.lower()
