@@ -21,7 +21,7 @@ SSLYZE       ?= sslyze>=6.3.1,<7
 SSLYZE_VENV  := .venv-sslyze
 SSLYZE_STAMP := $(SSLYZE_VENV)/.installed
 
-.PHONY: install checkov sslyze demo test lint format typecheck unit k8s bench bench-hotpath bench-batching bench-profile clean
+.PHONY: install checkov sslyze demo test lint format typecheck unit k8s lock bench bench-hotpath bench-batching bench-profile clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scoregate needs Python >= 3.11")'
@@ -75,6 +75,19 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	bash .ci/ensure-redis
 	$(BIN)/pytest tests/gateway tests/scorer tests/serving tests/certs tests/security -m 'not e2e'
+
+## make lock: the images' hash-pinned locks (k8s/images/requirements/), one per image extra,
+## resolved once for every Python the images and the suite run (uv, --universal); the
+## GPU image's torch is the release the suite runs (TORCH). Run it after changing the
+## dependencies in pyproject.toml: tests/k8s/test_image_locks.py fails until you do.
+LOCKS := k8s/images/requirements
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --fork-strategy fewest \
+	--python-version 3.11 --generate-hashes --no-header --quiet
+lock: $(STAMP)
+	echo '$(TORCH)' > $(LOCKS)/constraints.txt
+	$(UV_COMPILE) --extra gateway -o $(LOCKS)/gateway.txt
+	$(UV_COMPILE) --extra scorer -o $(LOCKS)/scorer.txt
+	$(UV_COMPILE) --extra torch -c $(LOCKS)/constraints.txt -o $(LOCKS)/torch.txt
 
 ## make k8s: the offline checks of k8s/ only (kustomize, schemas, checkov, hadolint,
 ## shellcheck, the NetworkPolicy reachability matrix).

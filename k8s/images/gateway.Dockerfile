@@ -12,6 +12,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# The gateway extra's lock: every package at one version, every file by its SHA-256
+# (`make lock`; tests/k8s/test_image_locks.py fails when it falls behind pyproject.toml).
+COPY k8s/images/requirements/gateway.txt ./requirements.txt
 COPY serving ./serving
 COPY gateway ./gateway
 COPY certs ./certs
@@ -19,7 +22,8 @@ COPY certs ./certs
 # (no scikit-learn, NumPy or torch; the wheel leaves the development tools out); pip
 # itself is removed from it once the install is done (nothing installs at run time).
 RUN python -m venv /opt/scoregate \
-    && /opt/scoregate/bin/pip install --no-cache-dir '.[gateway]' \
+    && /opt/scoregate/bin/pip install --no-cache-dir --require-hashes -r requirements.txt \
+    && /opt/scoregate/bin/pip install --no-cache-dir --no-deps . \
     && /opt/scoregate/bin/pip uninstall --yes pip
 
 FROM python:3.12.10-slim-bookworm

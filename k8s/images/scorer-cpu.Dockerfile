@@ -13,11 +13,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# The scorer extra's lock, hash-pinned (`make lock`).
+COPY k8s/images/requirements/scorer.txt ./requirements.txt
 COPY serving ./serving
 COPY scorer ./scorer
 # The scorer's extra only: no gateway, no torch; the wheel leaves demo training out.
 RUN python -m venv /opt/scoregate \
-    && /opt/scoregate/bin/pip install --no-cache-dir '.[scorer]' \
+    && /opt/scoregate/bin/pip install --no-cache-dir --require-hashes -r requirements.txt \
+    && /opt/scoregate/bin/pip install --no-cache-dir --no-deps . \
     && /opt/scoregate/bin/pip uninstall --yes pip
 
 FROM python:3.12.10-slim-bookworm

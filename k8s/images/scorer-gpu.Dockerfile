@@ -23,11 +23,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# The torch extra's lock, hash-pinned, with the torch release the suite runs (`make lock`).
+COPY k8s/images/requirements/torch.txt ./requirements.txt
 COPY serving ./serving
 COPY scorer ./scorer
 # The torch extra only: no gateway, no scikit-learn; the wheel leaves demo training out.
 RUN python3.12 -m venv /opt/scoregate \
-    && /opt/scoregate/bin/pip install --no-cache-dir '.[torch]' \
+    && /opt/scoregate/bin/pip install --no-cache-dir --require-hashes -r requirements.txt \
+    && /opt/scoregate/bin/pip install --no-cache-dir --no-deps . \
     && /opt/scoregate/bin/pip uninstall --yes pip
 
 FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04

@@ -40,6 +40,8 @@ from tests.k8s.conftest import K8S, ROOT, Rendered, run
 from tests.k8s.test_images import instructions
 
 IMAGES = K8S / "images"
+# The first test also builds the three installs (two to three minutes from a cold cache).
+pytestmark = pytest.mark.timeout(900)
 EXTRAS_ROOT = ROOT / ".venv-extras"
 # The torch wheel the GPU image's build resolves to a CUDA build; here, the CPU one (as
 # `make install` does).
@@ -112,25 +114,25 @@ class Install:
         return self.bin / "python"
 
 
-def build_stage(dockerfile: Path) -> tuple[list[str], str]:
-    """The build stage's COPY sources, and the target of its `pip install`."""
+@dataclass(frozen=True)
+class BuildStage:
+    sources: list[str]  # what the COPY lines take from the repository
+    lock: Path  # the hash-pinned requirements the stage installs first
+    project: str  # what it installs after, without dependencies
+
+
+def build_stage(dockerfile: Path) -> BuildStage:
+    """The build stage's COPY sources, its lock and its project install."""
     steps = instructions(dockerfile)
     froms = [i for i, (word, _) in enumerate(steps) if word == "FROM"]
     stage = steps[froms[0] : froms[1]]
-    sources = [
-        source
-        for word, args in stage
-        if word == "COPY" and not args.startswith("--")
-        for source in args.split()[:-1]
-    ]
-    (target,) = [
-        m.group(1)
-        for word, args in stage
-        if word == "RUN"
-        for m in [re.search(r"pip install --no-cache-dir '(\.\[[a-z]+\])'", args)]
-        if m
-    ]
-    return sources, target
+    copies = [args.split() for word, args in stage if word == "COPY" and "--from" not in args]
+    sources = [source for parts in copies for source in parts[:-1]]
+    (run_line,) = [args for word, args in stage if word == "RUN" and "pip install" in args]
+    (lock_name,) = re.findall(r"pip install --no-cache-dir --require-hashes -r (\S+)", run_line)
+    (lock,) = [parts[0] for parts in copies if parts[-1] in (lock_name, f"./{lock_name}")]
+    (project,) = re.findall(r"pip install --no-cache-dir --no-deps (\S+)", run_line)
+    return BuildStage(sources, ROOT / lock, project)
 
 
 def ignored(image: str) -> list[str]:
@@ -143,11 +145,11 @@ def ignored(image: str) -> list[str]:
     ]
 
 
-def build_context(image: str, into: Path) -> str:
-    """The build context as the image's Dockerfile sees it; returns the pip target."""
-    sources, target = build_stage(IMAGES / f"{image}.Dockerfile")
+def build_context(image: str, into: Path) -> BuildStage:
+    """The build context as the image's Dockerfile sees it."""
+    stage = build_stage(IMAGES / f"{image}.Dockerfile")
     left_out = {ROOT / path for path in ignored(image)}
-    for source in sources:
+    for source in stage.sources:
         origin = ROOT / source
         if origin.is_dir():
 
@@ -160,8 +162,22 @@ def build_context(image: str, into: Path) -> str:
 
             shutil.copytree(origin, into / source, ignore=skip)
         else:
+            (into / source).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(origin, into / source)
-    return target.replace(".", str(into), 1)
+    return stage
+
+
+# The CUDA runtime that torch's PyPI build brings; the CPU build needs none of it.
+CUDA_RUNTIME = re.compile(r"^(nvidia-|cuda-|triton==)")
+
+
+def cpu_only(lock: Path, into: Path) -> Path:
+    """The lock without the CUDA runtime's entries (each entry: a pin, its hashes, its
+    comments), and without torch, which the CPU build already satisfies."""
+    entries = re.split(r"\n(?=\S)", lock.read_text())
+    kept = [e for e in entries if not CUDA_RUNTIME.match(e) and not e.startswith("torch==")]
+    into.write_text("\n".join(kept))
+    return into
 
 
 def pip(venv_bin: Path, *args: str) -> None:
@@ -175,10 +191,11 @@ def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Install]:
     made = {}
     for name, image in IMAGES_UNDER_TEST.items():
         context = tmp_path_factory.mktemp(f"context-{name}")
-        target = build_context(name, context)
+        stage = build_context(name, context)
+        project = stage.project.replace(".", str(context), 1)
         venv = EXTRAS_ROOT / name
         stamp = hashlib.sha256(
-            (ROOT / "pyproject.toml").read_bytes()
+            stage.lock.read_bytes()
             + (IMAGES / f"{name}.Dockerfile").read_bytes()
             + sys.version.encode()
         ).hexdigest()
@@ -187,12 +204,17 @@ def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Install]:
             shutil.rmtree(venv, ignore_errors=True)
             result = run(sys.executable, "-m", "venv", venv)
             assert result.returncode == 0, result.stderr
+            lock = stage.lock
             if name == "scorer-gpu":
+                # torch's CPU build here, not the CUDA one the image's lock pins: the CUDA
+                # runtime wheels it would add (several GB) are left out of the replay.
                 pip(venv / "bin", TORCH)
-            pip(venv / "bin", target)
+                lock = cpu_only(stage.lock, context / "requirements-cpu.txt")
+            pip(venv / "bin", "--require-hashes", "-r", str(lock))
+            pip(venv / "bin", "--no-deps", project)
             stamp_file.write_text(stamp)
         else:  # the dependencies are current: refresh the project's own files only
-            pip(venv / "bin", "--no-deps", "--force-reinstall", target)
+            pip(venv / "bin", "--no-deps", "--force-reinstall", project)
         made[name] = Install(image, venv / "bin")
     return made
 

@@ -26,7 +26,9 @@ IMAGES = K8S / "images"
 DOCKERFILES = sorted(IMAGES.glob("*.Dockerfile"))
 # Image → the Deployment and container port it serves (models images only copy files).
 SERVES = {"gateway": 8443, "scorer-cpu": 9001, "scorer-gpu": 9002}
-# Image → the packages it installs: each image only what it runs.
+# Image → its hash-pinned lock (k8s/images/requirements/), and the packages it installs:
+# each image only what it runs.
+LOCK = {"gateway": "gateway", "scorer-cpu": "scorer", "scorer-gpu": "torch"}
 PACKAGES = {
     "gateway": ("serving", "gateway", "certs"),
     "scorer-cpu": ("serving", "scorer"),
@@ -118,6 +120,7 @@ def test_images_listen_where_the_deployments_expect_and_ignore_the_rest(
     assert {r for r in rules if r.startswith("!")} == {
         "!pyproject.toml",
         "!README.md",
+        f"!k8s/images/requirements/{LOCK[image]}.txt",
         *(f"!{package}/" for package in PACKAGES[image]),
     }
 
