@@ -99,8 +99,14 @@ class Gateway:
             log.error("no audit signing key: the trail is hash-chained but not signed")
         jwks_tasks = []
         for issuer in self.jwt.issuers():
-            if issuer.jwks_url:
-                fetcher = JWKSKeys(issuer, issuer.jwks_url, self.jwt.set_issuer_keys)
+            url = issuer.jwks_url or issuer.discovery_url
+            if url:
+                fetcher = JWKSKeys(
+                    issuer,
+                    url,
+                    self.jwt.set_issuer_keys,
+                    discovery=issuer.discovery_url is not None,
+                )
                 self.jwt.on_unknown_kid(issuer.issuer, fetcher.unknown_kid)
                 self.jwks.append(fetcher)
                 jwks_tasks.append(asyncio.create_task(fetcher.run(), name=f"jwks-{issuer.name}"))

@@ -51,6 +51,8 @@ class VaultState:
     jwks_status: int = 200
     jwks_delay_s: float = 0.0
     jwks_hits: int = 0
+    # Its OpenID Connect discovery document (None: 404).
+    discovery: Any = None
 
 
 def _attributes(v: _Version) -> dict[str, Any]:
@@ -94,7 +96,7 @@ def build_app(state: VaultState) -> web.Application:
                 status=state.fail_with,
                 headers=headers,
             )
-        if request.path in {"/msi/token", "/jwks"}:
+        if request.path in {"/msi/token", "/jwks", "/.well-known/openid-configuration"}:
             return await handler(request)
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             state.unauthenticated += 1
@@ -195,8 +197,14 @@ def build_app(state: VaultState) -> web.Application:
             return web.Response(body=state.jwks, content_type="application/json")
         return web.json_response(state.jwks)
 
+    async def discovery(request: web.Request) -> web.Response:
+        if state.discovery is None:
+            return web.Response(status=404, text="no such document")
+        return web.json_response(state.discovery)
+
     app = web.Application(middlewares=[auth])
     app.router.add_get("/jwks", jwks)
+    app.router.add_get("/.well-known/openid-configuration", discovery)
     app.router.add_get("/msi/token", msi_token)
     app.router.add_get("/secrets", list_secrets)
     app.router.add_put("/secrets/{name}", set_secret)

@@ -52,7 +52,12 @@ def parse_jwks(document: Any, issuer: IssuerConfig) -> dict[str, VerificationKey
 
 
 class JWKSKeys:
-    """Keeps one issuer's JWKS fresh and hands each new key set to ``publish``."""
+    """Keeps one issuer's JWKS fresh and hands each new key set to ``publish``.
+
+    ``url`` is the JWKS itself, or with ``discovery=True`` the issuer's OIDC discovery
+    document (OpenID Connect Discovery 1.0 §4), read before each fetch: its ``issuer``
+    must be exactly the configured one (§4.3), and its ``jwks_uri`` is what is fetched.
+    """
 
     def __init__(
         self,
@@ -64,11 +69,13 @@ class JWKSKeys:
         min_refetch_s: float = 60.0,
         timeout_s: float = 5.0,
         ca_file: str | None = None,
+        discovery: bool = False,
     ) -> None:
         if not url.startswith("https://"):
             raise ValueError(f"JWKS URL for {issuer.name!r} must be https")
         self.issuer = issuer
         self.url = url
+        self._discovery = discovery
         self._publish = publish
         self._refresh_s = refresh_s
         self._min_refetch_s = min_refetch_s
@@ -89,16 +96,10 @@ class JWKSKeys:
         self._last_fetch = time.monotonic()
         self.fetches += 1
         try:
-            async with (
-                aiohttp.ClientSession(timeout=self._timeout) as session,
-                session.get(self.url, ssl=self._ssl, allow_redirects=False) as response,
-            ):
-                if response.status != 200:
-                    raise ValueError(f"HTTP {response.status}")
-                body = await response.content.read(MAX_JWKS_BYTES + 1)
-                if len(body) > MAX_JWKS_BYTES:
-                    raise ValueError("JWKS too large")
-            keys = parse_jwks(json.loads(body), self.issuer)
+            async with aiohttp.ClientSession(timeout=self._timeout) as session:
+                url = await self._jwks_url(session) if self._discovery else self.url
+                document = await self._get_json(session, url)
+            keys = parse_jwks(document, self.issuer)
             if not keys:
                 raise ValueError("no usable signing key in the JWKS")
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -114,6 +115,27 @@ class JWKSKeys:
         self.keys = keys
         self.last_error = None
         self._publish(self.issuer.issuer, keys)
+
+    async def _get_json(self, session: aiohttp.ClientSession, url: str) -> Any:
+        """A bounded JSON document; no redirect is followed (only configured URLs)."""
+        async with session.get(url, ssl=self._ssl, allow_redirects=False) as response:
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status}")
+            body = await response.content.read(MAX_JWKS_BYTES + 1)
+        if len(body) > MAX_JWKS_BYTES:
+            raise ValueError("document too large")
+        return json.loads(body)
+
+    async def _jwks_url(self, session: aiohttp.ClientSession) -> str:
+        """The JWKS URL the discovery document names, once it proves it is our issuer's."""
+        document = await self._get_json(session, self.url)
+        if not isinstance(document, dict) or document.get("issuer") != self.issuer.issuer:
+            # OIDC Discovery §4.3: the document's issuer must be the one we asked about.
+            raise ValueError("the discovery document names another issuer")
+        jwks_uri = document.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith("https://"):
+            raise ValueError("the discovery document names no https jwks_uri")
+        return jwks_uri
 
     async def run(self) -> None:
         while True:

@@ -63,6 +63,20 @@ class IssuerConfig:
     algorithms: frozenset[str]
     leeway_s: float = 30.0
     jwks_url: str | None = None
+    # Entra ID as users have it: an application's tokens name it as `api://…` or by its
+    # client id (a GUID), depending on how the caller asked; both may be accepted.
+    other_audiences: tuple[str, ...] = ()
+    # The one tenant whose tokens count (`tid`), when the issuer URL alone does not pin it.
+    tenant_id: str | None = None
+    # Only these client applications may call (v2 `azp`, v1 `appid`); empty: any.
+    allowed_clients: frozenset[str] = frozenset()
+    # OIDC discovery (`…/.well-known/openid-configuration`): the JWKS URL is taken from
+    # it, and its `issuer` must be this issuer.
+    discovery_url: str | None = None
+
+    @property
+    def audiences(self) -> list[str]:
+        return [self.audience, *self.other_audiences]
 
 
 def load_public_key(pem: str) -> Any:
@@ -162,7 +176,7 @@ class JWTValidator:
                 token,
                 key=key.key,
                 algorithms=[key.algorithm],
-                audience=issuer.audience,
+                audience=issuer.audiences,
                 issuer=issuer.issuer,
                 leeway=issuer.leeway_s,
                 options={"require": list(REQUIRED_CLAIMS), "strict_aud": False},
@@ -205,6 +219,14 @@ class JWTValidator:
                 raise Unauthenticated(reason="jwt_claim_type")
             scopes.update(roles)
         tenant = claims.get("tid")
+        if issuer.tenant_id is not None and tenant != issuer.tenant_id:
+            # A multi-tenant issuer URL, or a key shared across tenants, must not let another
+            # tenant's tokens in (OWASP API2: broken authentication).
+            raise Unauthenticated(reason="jwt_tenant_mismatch")
+        if issuer.allowed_clients:
+            client = claims.get("azp", claims.get("appid"))  # v2 azp, v1 appid
+            if not isinstance(client, str) or client not in issuer.allowed_clients:
+                raise Unauthenticated(reason="jwt_client_not_allowed")
         principal = Principal(
             subject=subject,
             credential="jwt",
