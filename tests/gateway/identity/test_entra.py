@@ -23,11 +23,7 @@ from gateway.errors import Unauthenticated
 from gateway.identity.issuers import IssuerError, load_issuers
 from gateway.identity.jwks import JWKSKeys, parse_jwks
 from gateway.identity.tokens import IssuerConfig, JWTValidator
-from gateway.service import build_gateway
-from gateway.settings import GatewaySettings
-from gateway.web.app import create_app
-from tests.conftest import write_access, write_routes
-from tests.gateway.identity.test_jwks import jwk
+from tests.gateway.identity.test_jwks import gateway_trusting, jwk
 from tests.keyvault_server import KeyVaultServer
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -215,19 +211,7 @@ async def test_an_app_only_token_scores_through_a_gateway_with_discovery_configu
         f'algorithms = ["RS256"]\ntenant_id = "{TENANT}"\nallowed_clients = ["{CALLER}"]\n'
         f'discovery_url = "{idp.url}/.well-known/openid-configuration"\n'
     )
-    settings = GatewaySettings(
-        state_dir=tmp_path,
-        routes_file=write_routes(tmp_path / "routes.toml", "http://127.0.0.1:9"),
-        access_policy_file=write_access(tmp_path / "access.toml"),
-        jwt_issuers_file=issuers,
-    )
-    gw = build_gateway(settings)
-    async with create_app(gw).test_app() as app:
-        for _ in range(200):
-            if gw.jwks and gw.jwks[0].keys:
-                break
-            await asyncio.sleep(0.02)
-        client = app.test_client()
+    async with gateway_trusting(issuers, tmp_path) as client:
         allowed = await client.get(
             "/v2/models/iris", headers={"authorization": f"Bearer {token()}"}
         )

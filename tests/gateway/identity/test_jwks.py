@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,18 @@ async def test_an_issuer_with_a_jwks_url_in_issuers_toml_gets_its_keys_in_the_ga
     )
     (issuer,) = load_issuers(issuers)
     assert issuer.jwks_url == f"{idp.url}/jwks"
+    async with gateway_trusting(issuers, tmp_path) as client:
+        bearer = {"authorization": f"Bearer {token(KEY, 'k1', issuer)}"}
+        r = await client.get("/v2/models/iris", headers=bearer)
+    # Authenticated and authorized (its roles grant iris): the scorer behind is down.
+    assert r.status_code == 503
+    assert (await r.get_json())["error"]["code"] == "upstream_unavailable"
+
+
+@asynccontextmanager
+async def gateway_trusting(issuers: Path, tmp_path: Path) -> AsyncIterator[Any]:
+    """A gateway (Quart test client) trusting the issuers of ``issuers``, once its JWKS
+    fetchers have their keys; its one route's scorer is down."""
     settings = GatewaySettings(
         state_dir=tmp_path,
         routes_file=write_routes(tmp_path / "routes.toml", "http://127.0.0.1:9"),
@@ -201,11 +214,7 @@ async def test_an_issuer_with_a_jwks_url_in_issuers_toml_gets_its_keys_in_the_ga
     gw = build_gateway(settings)
     async with create_app(gw).test_app() as app:
         for _ in range(200):
-            if gw.jwks and gw.jwks[0].keys:
+            if gw.jwks and all(f.keys for f in gw.jwks):
                 break
             await asyncio.sleep(0.02)
-        bearer = {"authorization": f"Bearer {token(KEY, 'k1', issuer)}"}
-        r = await app.test_client().get("/v2/models/iris", headers=bearer)
-    # Authenticated and authorized (its roles grant iris): the scorer behind is down.
-    assert r.status_code == 503
-    assert (await r.get_json())["error"]["code"] == "upstream_unavailable"
+        yield app.test_client()
