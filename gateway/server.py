@@ -45,19 +45,15 @@ async def _serve(settings: GatewaySettings) -> None:
     gw = build_gateway(settings)
     app = create_app(gw)
 
-    async def metrics_listener() -> Callable[[], Awaitable[None]]:
+    async def metrics_listener() -> Callable[[], Awaitable[None]] | None:
         if not settings.metrics_port:
-            return _nothing
+            return None
         runner = await metrics.serve(gw.metrics, settings.metrics_host, settings.metrics_port)
         return runner.cleanup
 
     # SIGTERM (Kubernetes stopping the pod): stop accepting, let in-flight requests
     # finish within graceful_timeout, then drain the audit queue (`Gateway.stop`).
     await server.serve(app, config, around=metrics_listener)
-
-
-async def _nothing() -> None:
-    return None
 
 
 def run(settings: GatewaySettings) -> None:

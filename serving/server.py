@@ -70,13 +70,13 @@ async def serve(
     app: ASGIFramework,
     config: Config,
     *,
-    around: Callable[[], Awaitable[Callable[[], Awaitable[None]]]] | None = None,
+    around: Callable[[], Awaitable[Callable[[], Awaitable[None]] | None]] | None = None,
 ) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then stop as Hypercorn does: stop accepting,
     let in-flight requests finish within ``graceful_timeout``, run the app's shutdown.
 
     ``around``, when given, starts something beside the app (the metrics listener) and
-    returns how to stop it once serving has ended.
+    returns how to stop it once serving has ended (None: nothing was started).
     """
     hypercorn_h11.install()  # one write per response, no task per read (serving.hazmat)
     stop = asyncio.Event()

@@ -31,10 +31,9 @@ from gateway.errors import (
 from gateway.policy import Route
 from gateway.settings import GatewaySettings
 from gateway.steps.exchange import Exchange, Head
-from gateway.steps.path import RequestPath
+from gateway.steps.path import JSON, RequestPath
 from gateway.web.fastpath import ScoringPath
 from gateway.web.respond import (
-    JSON,
     closing_headers,
     drain_unread_body,
     security_headers,

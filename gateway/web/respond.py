@@ -21,7 +21,6 @@ from gateway.steps.exchange import Exchange
 from serving.asgi import ClientGone
 
 log = logging.getLogger("gateway")
-JSON = "application/json"
 # What reading a body we are about to refuse anyway may raise, in either driver.
 _DRAIN_ERRORS = (GatewayError, ClientGone, HTTPException, asyncio.TimeoutError, ConnectionError)
 
