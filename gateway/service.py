@@ -28,6 +28,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.policy import AccessPolicy, RouteTable
 from gateway.ratelimit.limiter import Limiter
 from gateway.ratelimit.policy import RateLimitPolicy
+from gateway.ratelimit.storage import StorageCredentials
 from gateway.secretstore.factory import open_store
 from gateway.secretstore.localfile import LocalSecretStore
 from gateway.secretstore.protocol import SecretStore, SecretStoreError
@@ -214,6 +215,9 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
             settings.rate_limit_storage,
             settings.rate_limit_on_storage_failure,
             settings.rate_limit_memory_max_keys,
+            StorageCredentials.load(
+                settings.rate_limit_storage_username, settings.rate_limit_storage_password_file
+            ),
         ),
         audit=build_audit(settings),
     )

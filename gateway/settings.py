@@ -71,6 +71,12 @@ class GatewaySettings(BaseSettings):
     # what happens when that storage fails (see gateway/ratelimit/limiter.py).
     rate_limit_policy_file: Path = REPO_ROOT / "policies" / "ratelimits.toml"
     rate_limit_storage: str = "memory://"
+    # A Redis that requires authentication (an ACL user, or the default user with a
+    # password). The password comes from a file (on AKS the CSI driver's mount of a Key
+    # Vault secret), never from the URI or the environment, which process listings, crash
+    # reports and `kubectl describe` show (OWASP ASVS 13.3.1: secrets in a secrets manager).
+    rate_limit_storage_username: str | None = None
+    rate_limit_storage_password_file: Path | None = None
     rate_limit_on_storage_failure: Literal["memory", "closed", "open"] = "memory"
     # In-process counters (memory://, and the Redis fallback): one per caller and limit;
     # at the cap the ones closest to expiry are forgotten (SECURITY.md, known limits).

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from hypercorn.config import Config
+from prometheus_client import CollectorRegistry, start_http_server
 
 from scorer.app import create_app
 from scorer.repository import discover
@@ -43,12 +46,28 @@ def hypercorn_config(settings: ScorerSettings) -> Config:
 async def _serve(settings: ScorerSettings) -> None:
     models = load_models(settings)
     log.warning("scorer serving %s on %s:%s", sorted(models), settings.host, settings.port)
+    registry = CollectorRegistry()
     app = create_app(
         models,
         max_body_bytes=settings.max_body_bytes,
+        registry=registry,
         inline_budget_s=settings.inline_predict_us / 1e6,
     )
-    await server.serve(app, hypercorn_config(settings))
+
+    async def metrics_listener() -> Callable[[], Awaitable[None]] | None:
+        if not settings.metrics_port:
+            return None
+        # prometheus_client's own exposition server: GET /metrics, in a thread of its own.
+        httpd, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+
+        async def stop() -> None:
+            await asyncio.to_thread(httpd.shutdown)
+            httpd.server_close()
+
+        return stop
+
+    await server.serve(app, hypercorn_config(settings), around=metrics_listener)
 
 
 def run(settings: ScorerSettings) -> None:

@@ -33,6 +33,11 @@ class ScorerSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # Prometheus metrics on a listener of their own (0: off), so the monitoring agent that
+    # scrapes them is let in to this port alone, never to the scoring port
+    # (SECURITY-CATALOG: metrics are not on a serving listener; OWASP API9).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     log_level: str = "WARNING"
     log_format: Literal["json", "text"] = "json"
 

@@ -336,7 +336,8 @@ def redis_answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            # A Redis that requires authentication answers, too: it refuses the PING.
+            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -344,9 +345,10 @@ def redis_answers(port: int) -> bool:
 class RedisServer:
     """A redis-server of the test's own, on a free port, that the test can stop and restart."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, config: str = "") -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.config = config  # redis.conf lines (ACL users...), given on stdin
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -370,10 +372,15 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                "-",  # the rest of the configuration from stdin
             ],
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(self.config.encode())
+        self.proc.stdin.close()
         deadline = time.monotonic() + 10
         while not redis_answers(self.port):
             if time.monotonic() > deadline:

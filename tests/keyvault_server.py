@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 TOKEN = "test-access-token"
+DISCOVERY = "/.well-known/openid-configuration"
 IDENTITY_HEADER = "test-identity-header"  # the App Service managed-identity shared secret
 TENANT = "00000000-0000-0000-0000-000000000000"
 CHALLENGE = (
@@ -96,7 +97,7 @@ def build_app(state: VaultState) -> web.Application:
                 status=state.fail_with,
                 headers=headers,
             )
-        if request.path in {"/msi/token", "/jwks", "/.well-known/openid-configuration"}:
+        if request.path in {"/msi/token", "/jwks"} or request.path.endswith(DISCOVERY):
             return await handler(request)
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             state.unauthenticated += 1
@@ -204,7 +205,10 @@ def build_app(state: VaultState) -> web.Application:
 
     app = web.Application(middlewares=[auth])
     app.router.add_get("/jwks", jwks)
-    app.router.add_get("/.well-known/openid-configuration", discovery)
+    app.router.add_get(DISCOVERY, discovery)
+    # Entra's shape: https://login.microsoftonline.com/<tenant>[/v2.0]/.well-known/…
+    app.router.add_get("/{tenant}" + DISCOVERY, discovery)
+    app.router.add_get("/{tenant}/v2.0" + DISCOVERY, discovery)
     app.router.add_get("/msi/token", msi_token)
     app.router.add_get("/secrets", list_secrets)
     app.router.add_put("/secrets/{name}", set_secret)

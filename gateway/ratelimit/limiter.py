@@ -35,23 +35,15 @@ from limits.aio.strategies import (
     RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
-from limits.storage import storage_from_string
 
 from gateway.errors import RateLimited, Unavailable
 from gateway.identity.principal import Principal
 from gateway.ratelimit.addresses import address_key, rate_key
 from gateway.ratelimit.memory import LocalCounters
-from gateway.ratelimit.policy import (
-    FailurePolicy,
-    RateLimitPolicy,
-    RateLimitPolicyError,
-    StrategyName,
-)
+from gateway.ratelimit.policy import FailurePolicy, RateLimitPolicy, StrategyName
+from gateway.ratelimit.storage import STORAGE_TIMEOUT_S, StorageCredentials, open_storage
 
 log = logging.getLogger("gateway.ratelimit")
-# A storage call slower than this counts as a failure: the limiter must not become the
-# slowest part of the request path when Redis is in trouble.
-STORAGE_TIMEOUT_S = 0.25
 _RECHECK_S = 1.0
 _PRUNE_S = 60.0
 _STRATEGIES: dict[str, type[RateLimiter]] = {
@@ -83,11 +75,12 @@ class Limiter:
         storage_uri: str,
         on_failure: FailurePolicy,
         memory_max_keys: int | None = DEFAULT_MEMORY_MAX_KEYS,
+        credentials: StorageCredentials | None = None,
     ) -> None:
         self.policy = policy
         self.storage_uri = storage_uri
         self.on_failure = on_failure
-        self._shared: Storage = _storage(storage_uri, memory_max_keys)
+        self._shared: Storage = open_storage(storage_uri, memory_max_keys, credentials)
         self._remote = not isinstance(self._shared, LocalCounters)
         self._fallback = LocalCounters(max_keys=memory_max_keys)
         self._strategies: dict[tuple[int, str], RateLimiter] = {}
@@ -273,19 +266,3 @@ class Limiter:
         await self._hit(rule, ("principal", subject), cost)
         rule = self._overrides.get((subject, model), self._principal_model)
         await self._hit(rule, ("principal-model", subject, model), cost)
-
-
-def _storage(uri: str, memory_max_keys: int | None) -> Storage:
-    if uri in ("memory://", "async+memory://"):
-        # In process: our counters, whose cost per request does not grow with the number
-        # of callers (limits' own memory storage walks every key after each hit).
-        return LocalCounters(max_keys=memory_max_keys)
-    options: dict[str, float | str | bool] = {}
-    if uri.startswith("async+redis"):
-        options = {"connect_timeout": STORAGE_TIMEOUT_S, "stream_timeout": STORAGE_TIMEOUT_S}
-    storage = storage_from_string(uri, **options)
-    if not isinstance(storage, Storage):
-        raise RateLimitPolicyError(
-            f"rate-limit storage {uri!r} is not an async storage (use async+redis://)"
-        )
-    return storage

@@ -79,3 +79,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Rendered]:
 @pytest.fixture(params=OVERLAYS)
 def overlay(request: pytest.FixtureRequest, rendered: dict[str, Rendered]) -> Rendered:
     return rendered[request.param]
+
+
+# Each image's replayed install, shared by the image tests and the rendered cluster.
+from tests.k8s.installs import installs  # noqa: E402, F401

@@ -1,16 +1,14 @@
 """The rendered manifests configure the real programs correctly: the gateway's and the
 scorers' settings parse from the pods' environment, the policy ConfigMap loads with the
-gateway's own loaders and routes to Services that exist, the TLS file layout Key Vault
-produces loads, and Redis started with the manifest's arguments serves the limiter.
+gateway's own loaders and routes to Services that exist, and the TLS file layout Key
+Vault produces loads. Redis as the manifest starts it, ACL and all, runs in
+tests/k8s/test_rendered_cluster.py.
 """
 
 from __future__ import annotations
 
 import math
-import socket
 import ssl
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,16 +16,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from certs.authority import CertPaths
-from gateway.errors import RateLimited
 from gateway.identity.issuers import load_issuers
-from gateway.identity.principal import Principal
 from gateway.policy import AccessPolicy, RouteTable
-from gateway.ratelimit.limiter import Limiter
 from gateway.ratelimit.policy import RateLimitPolicy
 from gateway.settings import GatewaySettings, unknown_environment
 from scorer.settings import ScorerSettings
 from serving import tls
-from tests.conftest import free_port
 from tests.k8s.conftest import Rendered
 
 
@@ -82,6 +76,10 @@ def test_gateway_settings_parse_from_the_pod_environment(
     assert settings.audit_sink == "stdout"
     assert settings.trusted_proxy_hops == 0
     assert settings.rate_limit_storage == "async+redis://redis:6379"
+    assert settings.rate_limit_storage_username == "gateway"
+    # Metrics on the pod's address (the scraper comes from another pod), on the named port.
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", ports["metrics"])  # noqa: S104
     volumes = mounts(overlay, "gateway", gateway)
     # Policies from the ConfigMap, TLS from the CSI volume, state on an emptyDir.
     policy_dir = settings.routes_file.parent
@@ -107,7 +105,9 @@ def test_scorer_settings_parse_from_the_pod_environment(
                 m.setenv(name, value)
             settings = ScorerSettings()
         assert settings.runtimes == runtimes[deployment]
-        assert settings.port == scorer["ports"][0]["containerPort"]
+        ports = {p["name"]: p["containerPort"] for p in scorer["ports"]}
+        assert settings.port == ports["http"]
+        assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", ports["metrics"])  # noqa: S104
         # The models volume: filled by the init container, read-only for the scorer.
         (models,) = [
             m for m in scorer["volumeMounts"] if m["mountPath"] == str(settings.repository)
@@ -186,68 +186,3 @@ def test_key_vault_pem_with_key_and_chain_in_one_file_serves_tls(
     cert_only.write_bytes(pki.cert("gateway").read_bytes())
     with pytest.raises(ssl.SSLError):
         tls.server_context(cert_only, cert_only)
-
-
-# -- Redis as the manifest starts it -------------------------------------------------------
-def redis_command(port: int, *words: str) -> bytes:
-    request = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-        conn.sendall(request.encode())
-        return conn.recv(4096)
-
-
-@pytest.fixture
-def manifest_redis(rendered: dict[str, Rendered], tmp_path: Path) -> Any:
-    """redis-server with the Deployment's arguments; only port, directory and bind address
-    are the test's (never all interfaces on this machine)."""
-    (redis,) = rendered["cpu"].get("Deployment", "redis")["spec"]["template"]["spec"]["containers"]
-    args = list(redis["args"])
-    assert args[0] == "redis-server"
-    port = free_port()
-    args[args.index("--port") + 1] = str(port)
-    args[args.index("--dir") + 1] = str(tmp_path)
-    proc = subprocess.Popen(
-        [*args, "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if redis_command(port, "PING").startswith(b"+PONG"):
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, "redis-server refused the manifest's arguments"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-        yield port
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-async def test_redis_as_deployed_serves_the_rate_limiter_and_refuses_admin_commands(
-    manifest_redis: int,
-) -> None:
-    policy = RateLimitPolicy.model_validate(
-        {
-            "defaults": {
-                "per_principal": "3/minute",
-                "per_address": "",
-                "failed_auth_per_address": "",
-                "per_principal_model": "",
-            }
-        }
-    )
-    limiter = Limiter(policy, f"async+redis://127.0.0.1:{manifest_redis}", "closed")
-    who = Principal(subject="k8s-test", credential="api_key", scopes=frozenset())
-    try:
-        for _ in range(3):
-            await limiter.check_principal(who, "iris", 1)
-        with pytest.raises(RateLimited):
-            await limiter.check_principal(who, "iris", 1)
-        assert limiter.state == "shared"  # counted in Redis, not in a fallback
-    finally:
-        await limiter.close()
-    for command in (("CONFIG", "GET", "maxmemory"), ("FLUSHALL",), ("KEYS", "*")):
-        assert redis_command(manifest_redis, *command).startswith(b"-ERR unknown command")

@@ -17,17 +17,12 @@ the interpreter); the project itself is reinstalled from the files on every sess
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -36,187 +31,16 @@ import pytest
 from certs.authority import CertPaths
 from serving.tls import client_context
 from tests.conftest import free_port, gateway_env, make_keys, write_access, write_routes
-from tests.k8s.conftest import K8S, ROOT, Rendered, run
-from tests.k8s.test_images import instructions
-
-IMAGES = K8S / "images"
-# The first test also builds the three installs (two to three minutes from a cold cache).
-pytestmark = pytest.mark.timeout(900)
-EXTRAS_ROOT = ROOT / ".venv-extras"
-# The torch wheel the GPU image's build resolves to a CUDA build; here, the CPU one (as
-# `make install` does).
-TORCH = "torch==2.13.0"
-CHECK = r"""
-import importlib, importlib.util, json, pkgutil, sys
-packages, skip = sys.argv[1].split(","), set(sys.argv[2].split(",")) - {""}
-imported, failed = [], {}
-for name in packages:
-    package = importlib.import_module(name)
-    for found in pkgutil.walk_packages(package.__path__, name + "."):
-        if found.name in skip or found.name.endswith(".__main__"):  # __main__ runs the CLI
-            continue
-        try:
-            importlib.import_module(found.name)
-            imported.append(found.name)
-        except Exception as exc:
-            failed[found.name] = repr(exc)
-def present(name):
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
-absent = {n: not present(n) for n in sys.argv[3].split(",")}
-print(json.dumps({"imported": imported, "failed": failed, "absent": absent}))
-"""
-
-
-@dataclass(frozen=True)
-class Image:
-    name: str
-    packages: tuple[str, ...]  # what the image's Python code is
-    skip: tuple[str, ...]  # modules of those packages for another image's runtime
-    absent: tuple[str, ...]  # what must not be installed
-
-
-IMAGES_UNDER_TEST = {
-    image.name: image
-    for image in (
-        Image(
-            "gateway",
-            ("serving", "gateway", "certs"),
-            (),
-            ("sklearn", "numpy", "scipy", "torch", "skops", "scorer", "gateway.dev"),
-        ),
-        Image(
-            "scorer-cpu",
-            ("serving", "scorer"),
-            # The torch runtime and image decoding belong to the GPU image.
-            ("scorer.runtimes.pytorch", "scorer.images"),
-            ("gateway", "certs", "torch", "PIL", "scorer.dev", "aiohttp", "jwt", "azure"),
-        ),
-        Image(
-            "scorer-gpu",
-            ("serving", "scorer"),
-            ("scorer.runtimes.sklearn",),  # the scikit-learn runtime belongs to the CPU image
-            ("gateway", "certs", "sklearn", "skops", "scorer.dev", "aiohttp", "jwt", "azure"),
-        ),
-    )
-}
-
-
-@dataclass(frozen=True)
-class Install:
-    image: Image
-    bin: Path
-
-    @property
-    def python(self) -> Path:
-        return self.bin / "python"
-
-
-@dataclass(frozen=True)
-class BuildStage:
-    sources: list[str]  # what the COPY lines take from the repository
-    lock: Path  # the hash-pinned requirements the stage installs first
-    project: str  # what it installs after, without dependencies
-
-
-def build_stage(dockerfile: Path) -> BuildStage:
-    """The build stage's COPY sources, its lock and its project install."""
-    steps = instructions(dockerfile)
-    froms = [i for i, (word, _) in enumerate(steps) if word == "FROM"]
-    stage = steps[froms[0] : froms[1]]
-    copies = [args.split() for word, args in stage if word == "COPY" and "--from" not in args]
-    sources = [source for parts in copies for source in parts[:-1]]
-    (run_line,) = [args for word, args in stage if word == "RUN" and "pip install" in args]
-    (lock_name,) = re.findall(r"pip install --no-cache-dir --require-hashes -r (\S+)", run_line)
-    (lock,) = [parts[0] for parts in copies if parts[-1] in (lock_name, f"./{lock_name}")]
-    (project,) = re.findall(r"pip install --no-cache-dir --no-deps (\S+)", run_line)
-    return BuildStage(sources, ROOT / lock, project)
-
-
-def ignored(image: str) -> list[str]:
-    """The folders the image's ignore file keeps out of the build context."""
-    text = (IMAGES / f"{image}.Dockerfile.dockerignore").read_text()
-    return [
-        line.rstrip("/")
-        for line in text.splitlines()
-        if line and line[0] not in "#!*" and line.endswith("/") and "*" not in line
-    ]
-
-
-def build_context(image: str, into: Path) -> BuildStage:
-    """The build context as the image's Dockerfile sees it."""
-    stage = build_stage(IMAGES / f"{image}.Dockerfile")
-    left_out = {ROOT / path for path in ignored(image)}
-    for source in stage.sources:
-        origin = ROOT / source
-        if origin.is_dir():
-
-            def skip(folder: str, names: list[str]) -> list[str]:
-                return [
-                    n
-                    for n in names
-                    if n == "__pycache__" or n.endswith(".pyc") or Path(folder, n) in left_out
-                ]
-
-            shutil.copytree(origin, into / source, ignore=skip)
-        else:
-            (into / source).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(origin, into / source)
-    return stage
-
-
-# The CUDA runtime that torch's PyPI build brings; the CPU build needs none of it.
-CUDA_RUNTIME = re.compile(r"^(nvidia-|cuda-|triton==)")
-
-
-def cpu_only(lock: Path, into: Path) -> Path:
-    """The lock without the CUDA runtime's entries (each entry: a pin, its hashes, its
-    comments), and without torch, which the CPU build already satisfies."""
-    entries = re.split(r"\n(?=\S)", lock.read_text())
-    kept = [e for e in entries if not CUDA_RUNTIME.match(e) and not e.startswith("torch==")]
-    into.write_text("\n".join(kept))
-    return into
-
-
-def pip(venv_bin: Path, *args: str) -> None:
-    result = run(venv_bin / "python", "-m", "pip", "install", "--quiet", *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-@pytest.fixture(scope="session")
-def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Install]:
-    """Each image's install, built (or refreshed) once per session."""
-    made = {}
-    for name, image in IMAGES_UNDER_TEST.items():
-        context = tmp_path_factory.mktemp(f"context-{name}")
-        stage = build_context(name, context)
-        project = stage.project.replace(".", str(context), 1)
-        venv = EXTRAS_ROOT / name
-        stamp = hashlib.sha256(
-            stage.lock.read_bytes()
-            + (IMAGES / f"{name}.Dockerfile").read_bytes()
-            + sys.version.encode()
-        ).hexdigest()
-        stamp_file = venv / ".stamp"
-        if not stamp_file.exists() or stamp_file.read_text() != stamp:
-            shutil.rmtree(venv, ignore_errors=True)
-            result = run(sys.executable, "-m", "venv", venv)
-            assert result.returncode == 0, result.stderr
-            lock = stage.lock
-            if name == "scorer-gpu":
-                # torch's CPU build here, not the CUDA one the image's lock pins: the CUDA
-                # runtime wheels it would add (several GB) are left out of the replay.
-                pip(venv / "bin", TORCH)
-                lock = cpu_only(stage.lock, context / "requirements-cpu.txt")
-            pip(venv / "bin", "--require-hashes", "-r", str(lock))
-            pip(venv / "bin", "--no-deps", project)
-            stamp_file.write_text(stamp)
-        else:  # the dependencies are current: refresh the project's own files only
-            pip(venv / "bin", "--no-deps", "--force-reinstall", project)
-        made[name] = Install(image, venv / "bin")
-    return made
+from tests.k8s.conftest import ROOT, Rendered, run
+from tests.k8s.installs import CHECK, IMAGES_UNDER_TEST, Install
+from tests.k8s.pods import (
+    POD_PYTHON,
+    as_pod_user,
+    empty_dir_volume,
+    init_container_command,
+    models_image,
+    world_readable_tmp,
+)
 
 
 def inspect(install: Install, cwd: Path) -> dict[str, object]:
@@ -368,73 +192,6 @@ def test_the_gpu_scorer_serves_a_digit_from_its_own_install(
 
 
 # -- containers start as AKS starts them ----------------------------------------------
-POD_UID = POD_GID = FS_GROUP = 10001
-# The images' interpreter is their own /usr/local/bin/python; here, an interpreter the pod
-# user may run (this machine's own Python lives under /root, closed to UID 10001).
-POD_PYTHON = Path("/usr/bin/python3")
-
-
-def as_pod_user(args: list[str]) -> list[str]:
-    """The pod's security context: UID/GID 10001, the fsGroup as a supplementary group,
-    no capabilities at all (`capabilities.drop: [ALL]`, no privilege escalation)."""
-    return [
-        "setpriv",
-        f"--reuid={POD_UID}",
-        f"--regid={POD_GID}",
-        f"--groups={FS_GROUP}",
-        "--inh-caps=-all",
-        "--bounding-set=-all",
-        "--no-new-privs",
-        *args,
-    ]
-
-
-def world_readable_tmp() -> Path:
-    """A scratch folder UID 10001 can reach (pytest's own is root's alone)."""
-    folder = Path(tempfile.mkdtemp(prefix="scoregate-pod-"))
-    folder.chmod(0o755)
-    return folder
-
-
-def models_image(repository: Path, into: Path) -> Path:
-    """/opt/models as models.Dockerfile lays it out: owned by root, files 0444, dirs 0555."""
-    source = into / "opt-models"
-    shutil.copytree(repository, source)
-    for path in sorted(source.rglob("*"), reverse=True):
-        path.chmod(0o555 if path.is_dir() else 0o444)
-    source.chmod(0o555)
-    return source
-
-
-def empty_dir_volume(into: Path) -> Path:
-    """An emptyDir as the kubelet makes it for a pod with an fsGroup: root-owned, the
-    fsGroup's group, mode 2777."""
-    volume = into / "models-volume"
-    volume.mkdir()
-    os.chown(volume, 0, FS_GROUP)
-    volume.chmod(0o2777)
-    return volume
-
-
-def init_container_command(rendered: Rendered, deployment: str, source: Path) -> list[str]:
-    """The models init container's command as the rendered Deployment runs it: the image's
-    ENTRYPOINT (models.Dockerfile) and the container's args, with the image's folder and
-    the volume's mount path mapped to this machine's."""
-    pod = rendered.get("Deployment", deployment)["spec"]["template"]["spec"]
-    (init,) = pod["initContainers"]
-    (entry,) = [a for w, a in instructions(IMAGES / "models.Dockerfile") if w == "ENTRYPOINT"]
-    command = [*json.loads(entry), *init["args"]]
-    (mount,) = init["volumeMounts"]
-    assert pod["securityContext"]["fsGroup"] == FS_GROUP
-    assert init["securityContext"]["runAsUser"] == POD_UID
-    if command[0] == "python":
-        command[0] = str(POD_PYTHON)
-    return [
-        part.replace("/opt/models", str(source)).replace(mount["mountPath"], "{volume}")
-        for part in command
-    ]
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="setpriv needs root to become UID 10001")
 def test_the_models_init_container_copies_as_uid_10001_twice_and_the_scorer_loads_them(
     installs: dict[str, Install],

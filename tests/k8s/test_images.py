@@ -108,10 +108,14 @@ def test_images_listen_where_the_deployments_expect_and_ignore_the_rest(
     exposed = [args for word, args in final_stage(dockerfile) if word == "EXPOSE"]
     assert exposed == [str(SERVES[image])]
     deployment = rendered["production"].get("Deployment", image)
-    ports = [
-        p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
-    ]
-    assert ports == [SERVES[image]]
+    ports = {
+        p["name"]: p["containerPort"]
+        for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
+    # The serving port, and the metrics listener the pod turns on (not the image: its
+    # default keeps metrics on loopback, so EXPOSE names the serving port alone).
+    serving = "https" if image == "gateway" else "http"
+    assert ports == {serving: SERVES[image], "metrics": 9100 if image == "gateway" else 9101}
     # The build context is the repository: a deny-by-default ignore file beside the
     # Dockerfile (BuildKit reads <name>.dockerignore) keeps var/, .venv and keys out.
     ignore = (IMAGES / f"{image}.Dockerfile.dockerignore").read_text().splitlines()

@@ -22,7 +22,7 @@ from tests.k8s.conftest import K8S, NAMESPACE, Rendered
 # The oldest minor we support (AKS keeps about a year of releases) and the newest the
 # schemas cover.
 K8S_VERSIONS = ("1.31", kubernetes_validate.latest_version())
-CRD_KINDS = {"SecretProviderClass"}
+CRD_KINDS = {"SecretProviderClass", "PodMonitor"}
 REGISTRY = "scoregateacr.azurecr.io/"
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -52,6 +52,7 @@ def test_each_overlay_renders_the_expected_workloads(overlay: Rendered) -> None:
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
         "SecretProviderClass",
+        "PodMonitor",
     } == kinds
     # The Azure names file feeds replacements and is never applied.
     assert [
@@ -172,32 +173,55 @@ def test_images_come_from_the_registry_by_tag_in_development_by_digest_in_produc
         assert (skip is None) == (overlay.overlay == "production")
 
 
-def test_workload_identity_is_the_gateways_alone(overlay: Rendered) -> None:
+def test_workload_identity_reaches_the_gateway_alone_and_redis_only_through_csi(
+    overlay: Rendered,
+) -> None:
+    """The gateway's processes get Azure tokens (the webhook's label); Redis's ServiceAccount
+    names an identity of its own that only the CSI driver uses (no label); scorers none."""
     accounts = {a["metadata"]["name"]: a for a in overlay.of_kind("ServiceAccount")}
     for account in accounts.values():
         assert account["automountServiceAccountToken"] is False
-    spc = overlay.get("SecretProviderClass", "scoregate-gateway-tls")
-    client_id = spc["spec"]["parameters"]["clientID"]
+    identity_of = {
+        "gateway": overlay.get("SecretProviderClass", "scoregate-gateway"),
+        "redis": overlay.get("SecretProviderClass", "scoregate-redis"),
+    }
     for deployment in overlay.workloads():
+        name = deployment["metadata"]["name"]
         template = deployment["spec"]["template"]
         account = accounts[template["spec"]["serviceAccountName"]]
         annotation = (
             account["metadata"].get("annotations", {}).get("azure.workload.identity/client-id")
         )
         uses = template["metadata"]["labels"].get("azure.workload.identity/use")
-        if deployment["metadata"]["name"] == "gateway":
-            assert uses == "true"
-            assert annotation == client_id and GUID.match(client_id)
+        assert uses == ("true" if name == "gateway" else None), name
+        if name in identity_of:
+            client_id = identity_of[name]["spec"]["parameters"]["clientID"]
+            assert annotation == client_id and GUID.match(client_id), name
         else:
-            assert uses is None and annotation is None, deployment["metadata"]["name"]
+            assert annotation is None, name
     # One ServiceAccount per role: the scorers share theirs; nobody uses "default".
     assert set(accounts) == {"scoregate-gateway", "scoregate-scorer", "scoregate-redis"}
 
 
-def test_secret_provider_class_reads_the_tls_certificate_from_key_vault(
-    overlay: Rendered,
+# SecretProviderClass -> the pod that mounts it, and the Key Vault objects it reads.
+SECRET_FILES = {
+    "scoregate-gateway": (
+        "gateway",
+        [
+            {"objectName": "gateway-tls", "objectType": "secret", "objectAlias": "gateway.pem"},
+            {"objectName": "redis-password", "objectType": "secret"},
+        ],
+    ),
+    "scoregate-redis": ("redis", [{"objectName": "redis-password", "objectType": "secret"}]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SECRET_FILES))
+def test_secret_provider_classes_read_key_vault_into_files_of_one_pod(
+    overlay: Rendered, name: str
 ) -> None:
-    spc = overlay.get("SecretProviderClass", "scoregate-gateway-tls")
+    deployment, expected_objects = SECRET_FILES[name]
+    spc = overlay.get("SecretProviderClass", name)
     assert spc["apiVersion"] == "secrets-store.csi.x-k8s.io/v1"
     spec = spc["spec"]
     assert spec["provider"] == "azure"
@@ -216,23 +240,69 @@ def test_secret_provider_class_reads_the_tls_certificate_from_key_vault(
     assert GUID.match(params["clientID"]) and GUID.match(params["tenantId"])
     assert re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]", params["keyvaultName"])
     objects = [yaml.safe_load(o) for o in yaml.safe_load(params["objects"])["array"]]
-    assert objects == [
-        {"objectName": "gateway-tls", "objectType": "secret", "objectAlias": "gateway.pem"}
-    ]
-    # The gateway mounts it read-only and its settings point at the file.
-    gateway = overlay.get("Deployment", "gateway")["spec"]["template"]["spec"]
-    (volume,) = [v for v in gateway["volumes"] if "csi" in v]
-    assert volume["csi"] == {
-        "driver": "secrets-store.csi.k8s.io",
-        "readOnly": True,
-        "volumeAttributes": {"secretProviderClass": "scoregate-gateway-tls"},
-    }
-    (mount,) = [m for m in gateway["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
-    assert mount["readOnly"] is True
-    env = {e["name"]: e["value"] for e in gateway["containers"][0]["env"]}
-    pem = f"{mount['mountPath']}/gateway.pem"
-    assert env["SCOREGATE_TLS_CERT"] == env["SCOREGATE_TLS_KEY"] == pem
-    assert env["SCOREGATE_KEYVAULT_URL"] == f"https://{params['keyvaultName']}.vault.azure.net"
+    assert objects == expected_objects
+    # One pod mounts it, read-only.
+    for other in overlay.workloads():
+        pod = other["spec"]["template"]["spec"]
+        uses = [v for v in pod["volumes"] if "csi" in v]
+        if other["metadata"]["name"] != deployment:
+            assert all(v["csi"]["volumeAttributes"]["secretProviderClass"] != name for v in uses)
+            continue
+        (volume,) = uses
+        assert volume["csi"] == {
+            "driver": "secrets-store.csi.k8s.io",
+            "readOnly": True,
+            "volumeAttributes": {"secretProviderClass": name},
+        }
+        (c,) = pod["containers"]
+        (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True
+        files = {f"{mount['mountPath']}/{o.get('objectAlias', o['objectName'])}" for o in objects}
+        if deployment == "gateway":
+            env = {e["name"]: e["value"] for e in c["env"]}
+            pem = f"{mount['mountPath']}/gateway.pem"
+            assert env["SCOREGATE_TLS_CERT"] == env["SCOREGATE_TLS_KEY"] == pem
+            assert env["SCOREGATE_RATE_LIMIT_STORAGE_PASSWORD_FILE"] in files
+            vault = f"https://{params['keyvaultName']}.vault.azure.net"
+            assert env["SCOREGATE_KEYVAULT_URL"] == vault
+        else:  # Redis's start script reads the password file (on stdin to redis-server)
+            (script,) = c["args"]
+            assert f"$(cat {files.pop()})" in script and not files
+
+
+def test_the_pod_monitor_scrapes_each_metrics_port_as_azure_managed_prometheus_reads_it(
+    overlay: Rendered,
+) -> None:
+    """A CRD, outside the schemas: checked field by field. Azure's add-on reads only its own
+    API group, needs a named port, and drops series past the label limits its templates
+    set; every pod with a metrics port is selected, no other."""
+    (monitor,) = overlay.of_kind("PodMonitor")
+    assert monitor["apiVersion"] == "azmonitoring.coreos.com/v1"
+    spec = monitor["spec"]
+    assert (spec["labelLimit"], spec["labelNameLengthLimit"], spec["labelValueLengthLimit"]) == (
+        63,
+        511,
+        1023,
+    )
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["scheme"]) == (
+        "metrics",
+        "/metrics",
+        "http",
+    )
+    (expression,) = spec["selector"]["matchExpressions"]
+    assert expression["key"] == "app.kubernetes.io/component" and expression["operator"] == "In"
+    with_metrics = set()
+    for deployment in overlay.workloads():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selected = spec["selector"]["matchLabels"].items() <= labels.items() and (
+            labels["app.kubernetes.io/component"] in expression["values"]
+        )
+        ports = [p.get("name") for c in containers(deployment) for p in c.get("ports", [])]
+        assert selected == ("metrics" in ports), deployment["metadata"]["name"]
+        if selected:
+            with_metrics.add(deployment["metadata"]["name"])
+    assert {"gateway", "scorer-cpu"} <= with_metrics
 
 
 def test_no_secret_travels_in_the_manifests(overlay: Rendered) -> None:
@@ -296,16 +366,26 @@ def test_azure_names_from_one_file_reach_every_place(overlay: Rendered) -> None:
         for line in (K8S / "base" / "azure.env").read_text().splitlines()
         if line and not line.startswith("#")
     )
-    assert set(values) == {"keyvaultName", "keyvaultUrl", "tenantId", "clientId", "dnsLabel"}
+    assert set(values) == {
+        "keyvaultName",
+        "keyvaultUrl",
+        "tenantId",
+        "clientId",
+        "redisClientId",
+        "dnsLabel",
+    }
     text = overlay.path.read_text()
-    for placeholder in ("CLIENT_ID", "TENANT_ID", "KEYVAULT_NAME", "KEYVAULT_URL", "DNS_LABEL"):
+    placeholders = ("CLIENT_ID", "TENANT_ID", "KEYVAULT_NAME", "KEYVAULT_URL", "DNS_LABEL")
+    for placeholder in placeholders:
         assert not re.search(rf"(?<![A-Z_]){placeholder}", text), placeholder
-    params = overlay.get("SecretProviderClass", "scoregate-gateway-tls")["spec"]["parameters"]
-    assert (params["keyvaultName"], params["tenantId"], params["clientID"]) == (
-        values["keyvaultName"],
-        values["tenantId"],
-        values["clientId"],
-    )
+    assert "REDIS_CLIENT_ID" not in text
+    for spc, client in (("scoregate-gateway", "clientId"), ("scoregate-redis", "redisClientId")):
+        params = overlay.get("SecretProviderClass", spc)["spec"]["parameters"]
+        assert (params["keyvaultName"], params["tenantId"], params["clientID"]) == (
+            values["keyvaultName"],
+            values["tenantId"],
+            values[client],
+        )
     service = overlay.get("Service", "gateway")["metadata"]["annotations"]
     assert service["service.beta.kubernetes.io/azure-dns-label-name"] == values["dnsLabel"]
     assert "local-config" not in text

@@ -32,6 +32,10 @@ EXTERNAL = (
         {(53, "UDP"): "dns", (53, "TCP"): "dns-tcp"},
     ),
     Endpoint("other-pod", "10.244.9.20", "default", {"app": "other"}, {(8080, "TCP"): "http"}),
+    # Azure Managed Prometheus: its replica pod runs custom scrape jobs (the PodMonitor);
+    # its per-node DaemonSet scrapes only the cluster's defaults.
+    Endpoint("ama-metrics", "10.244.9.30", "kube-system", {"rsName": "ama-metrics"}),
+    Endpoint("ama-metrics-node", "10.244.9.31", "kube-system", {"dsName": "ama-metrics-node"}),
 )
 
 
@@ -85,6 +89,9 @@ def intended(scorers: dict[str, int]) -> set[tuple[str, str, str]]:
     # to private ranges, the metadata service or Azure's platform address.
     paths |= {("gateway", "kube-dns", "53/UDP"), ("gateway", "kube-dns", "53/TCP")}
     paths |= {("gateway", "keyvault", "443/TCP"), ("gateway", "internet", "443/TCP")}
+    # Metrics: the scraper alone, to each pod's metrics port and nothing else of it.
+    paths.add(("ama-metrics", "gateway", "9100/TCP"))
+    paths |= {("ama-metrics", name, "9101/TCP") for name in scorers}
     return paths
 
 
@@ -188,6 +195,13 @@ def other_namespace(policy: dict[str, Any]) -> dict[str, Any]:
             set(),
             {("gateway", "scorer-cpu", "9001/TCP")},
             id="selector-typo-closes-the-scorer",
+        ),
+        pytest.param(
+            "metrics-ingress",
+            open_to_all,
+            {("internet", "gateway", "9100/TCP"), ("ama-metrics-node", "scorer-cpu", "9101/TCP")},
+            set(),
+            id="metrics-open-to-every-source",
         ),
         pytest.param(
             "redis-ingress",
