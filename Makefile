@@ -21,7 +21,13 @@ SSLYZE       ?= sslyze>=6.3.1,<7
 SSLYZE_VENV  := .venv-sslyze
 SSLYZE_STAMP := $(SSLYZE_VENV)/.installed
 
-.PHONY: install checkov sslyze demo test lint format typecheck unit k8s lock bench bench-hotpath bench-batching bench-profile clean
+# Azurite, Microsoft's Blob Storage emulator (npm), for the audit store's tests: one
+# exact version in a folder of its own, like the venvs above.
+AZURITE_VERSION := 3.37.0
+AZURITE_DIR     := .azurite
+AZURITE_STAMP   := $(AZURITE_DIR)/.installed-$(AZURITE_VERSION)
+
+.PHONY: install checkov sslyze azurite demo test lint format typecheck unit k8s lock bench bench-hotpath bench-batching bench-profile clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scoregate needs Python >= 3.11")'
@@ -50,14 +56,23 @@ $(CHECKOV_STAMP):
 
 checkov: $(CHECKOV_STAMP)
 
+$(AZURITE_STAMP):
+	bash .ci/ensure-tools
+	mkdir -p $(AZURITE_DIR)
+	npm install --prefix $(AZURITE_DIR) --no-audit --no-fund --silent 'azurite@$(AZURITE_VERSION)'
+	@touch $(AZURITE_STAMP)
+
+## make azurite: only the Blob Storage emulator (.azurite/).
+azurite: $(AZURITE_STAMP)
+
 ## make demo [ONCE=1]: the whole stack on this machine, with real scored requests over HTTPS.
 demo: $(STAMP)
 	$(BIN)/scoregate demo $(if $(ONCE),--once)
 
 ## make test: lint (ruff, the import contracts), type checks and the whole test suite
 ## (starts Redis if none answers).
-test: lint typecheck $(CHECKOV_STAMP) $(SSLYZE_STAMP)
-	bash .ci/ensure-redis
+test: lint typecheck $(CHECKOV_STAMP) $(SSLYZE_STAMP) $(AZURITE_STAMP)
+	bash .ci/ensure-tools
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -73,7 +88,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	bash .ci/ensure-redis
+	bash .ci/ensure-tools
 	$(BIN)/pytest tests/gateway tests/scorer tests/serving tests/certs tests/security -m 'not e2e'
 
 ## make lock: the images' hash-pinned locks (k8s/images/requirements/), one per image extra,
@@ -97,7 +112,7 @@ k8s: $(STAMP) $(CHECKOV_STAMP)
 ## make bench [BENCH_ARGS="--quick" | "--soak 120"]: B1-B8 of BENCHMARKS.md beside HAProxy, MLServer, Flask.
 bench: $(STAMP)
 	bash bench/ensure-tools
-	bash .ci/ensure-redis
+	bash .ci/ensure-tools
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## make bench-profile: py-spy profile of the gateway under wrk load (var/bench/profile/).
@@ -108,7 +123,7 @@ bench-profile: $(STAMP)
 
 ## make bench-hotpath: µs per request of auth, rate limit (memory vs Redis) and audit.
 bench-hotpath: $(STAMP)
-	bash .ci/ensure-redis
+	bash .ci/ensure-tools
 	$(BIN)/python bench/hotpath.py
 
 ## make bench-batching: B6, the torch scorer's dynamic batching vs. its ceiling and batch size 1.
@@ -116,4 +131,4 @@ bench-batching: $(STAMP)
 	$(BIN)/python bench/batching.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) $(SSLYZE_VENV) .venv-extras var .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(CHECKOV_VENV) $(SSLYZE_VENV) $(AZURITE_DIR) .venv-extras var .mypy_cache .ruff_cache .pytest_cache .hypothesis

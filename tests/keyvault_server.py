@@ -19,6 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.azurite import storage_token
+
 TOKEN = "test-access-token"
 DISCOVERY = "/.well-known/openid-configuration"
 IDENTITY_HEADER = "test-identity-header"  # the App Service managed-identity shared secret
@@ -179,9 +181,13 @@ def build_app(state: VaultState) -> web.Application:
         if request.headers.get("X-IDENTITY-HEADER") != IDENTITY_HEADER:
             return error(401, "Unauthorized", "bad identity header")
         state.tokens_issued += 1
+        resource = request.query.get("resource", "")
+        # Blob Storage (Azurite) checks a token's issuer, audience and lifetime: it gets
+        # one shaped as Entra ID's; Key Vault here takes the fixed test token.
+        storage = resource.rstrip("/") == "https://storage.azure.com"
         return web.json_response(
             {
-                "access_token": TOKEN,
+                "access_token": storage_token() if storage else TOKEN,
                 "expires_on": str(int(time.time()) + 3600),
                 "resource": request.query.get("resource", ""),
                 "token_type": "Bearer",
