@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certs.authority import CertPaths
+from gateway.audit import signing
 from gateway.errors import RateLimited
 from gateway.identity import lifecycle
 from gateway.identity.principal import Principal
@@ -114,6 +115,9 @@ class Azure:
                 connection_verify=str(self.ca),
             )
             try:
+                # What k8s/README.md has the operator put in the vault: an audit signing
+                # key and an API key.
+                await signing.generate(store)
                 issued = await lifecycle.create(
                     store, owner="cluster-client", scopes=["models:iris", "models:digits"]
                 )
@@ -350,6 +354,7 @@ def test_the_rendered_overlay_runs_and_scores_with_an_api_key_and_an_entra_token
     while request_id not in gateway.log.read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert request_id in gateway.log.read_text()
+    assert "no audit signing key" not in gateway.log.read_text()  # it signs its checkpoints
     # The metrics ports answer (what the PodMonitor scrapes), each pod its own.
     scraped = httpx.get(f"http://127.0.0.1:{gateway.port('metrics')}/metrics", timeout=5).text
     assert 'scoregate_requests_total{decision="allow",model="iris"' in scraped
