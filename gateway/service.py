@@ -116,6 +116,11 @@ class Gateway:
             asyncio.create_task(self.keys.run(), name="key-refresh"),
             asyncio.create_task(self.audit.run(), name="audit-writer"),
         ]
+        store = self.audit.store
+        if store is not None:
+            # What this replica shipped before, and the spool it left, before any request.
+            await store.start()
+            self._tasks.append(asyncio.create_task(store.run(), name="audit-shipper"))
 
     async def stop(self) -> None:
         # Drain the audit queue first: in-flight requests have finished by now.
@@ -124,13 +129,26 @@ class Gateway:
         except TimeoutError:
             self.audit.lost += self.audit.depth
             log.error("audit drain timed out: %d records not written", self.audit.depth)
+        store = self.audit.store
+        if store is not None:
+            # Everything in the spool goes to the store before the process ends; what the
+            # store does not take in time stays in the spool for the next start.
+            await store.flush(AUDIT_DRAIN_TIMEOUT_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.audit.close()
+        if store is not None:
+            await store.aclose()
         await self.limiter.close()
         await self.forwarder.close()
         await self.store.close()
+
+    def live(self) -> bool:
+        """Whether this process should keep running: every background task is. One that
+        ended (the audit writer after repeated faults) needs a restart, which Kubernetes
+        does when liveness fails; readiness alone would leave a replica answering 503."""
+        return all(not task.done() for task in self._tasks)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether this replica can serve: its own parts only (keys loaded and fresh, its
@@ -170,7 +188,20 @@ def _public_error(error: str | None, source: str) -> str | None:
 
 def build_audit(settings: GatewaySettings) -> AuditTrail:
     sink: AuditSink
-    if settings.audit_sink == "stdout":
+    if settings.audit_store_url is not None:
+        from azure.identity.aio import DefaultAzureCredential
+
+        # Imported here: the Blob SDK loads only where the trail ships to a container.
+        from gateway.audit.blobstore import BlobSink, open_container
+
+        sink = BlobSink(
+            open_container(settings.audit_store_url, DefaultAzureCredential()),
+            settings.audit_spool,
+            max_spool_bytes=settings.audit_spool_max_bytes,
+            fsync=settings.audit_fsync,
+            ship_interval_s=settings.audit_ship_interval_s,
+        )
+    elif settings.audit_sink == "stdout":
         sink = StdoutSink()
     else:
         sink = FileSink(

@@ -82,18 +82,27 @@ class GatewaySettings(BaseSettings):
     # at the cap the ones closest to expiry are forgotten (SECURITY.md, known limits).
     rate_limit_memory_max_keys: int = Field(default=500_000, ge=1_000)
 
-    # Audit.
-    audit_sink: Literal["file", "stdout"] = "file"
+    # Audit. The sink: "file" (a rotated, hash-chained file chain), "stdout" (JSON lines
+    # for a log collector), or an Azure Blob Storage container's URL
+    # (https://<account>.blob.core.windows.net/<container>): sealed into a local spool,
+    # then shipped to append blobs with DefaultAzureCredential (gateway/audit/blobstore.py).
+    audit_sink: str = Field(default="file", pattern=r"^(file|stdout|https://[^\s?#]+)$")
     audit_path: Path | None = None  # default: <state_dir>/audit/audit.jsonl
+    audit_spool_dir: Path | None = None  # default: <state_dir>/audit-spool
+    # What the spool may hold while the store is unreachable; past it the trail fails as
+    # audit_on_failure says (closed: 503).
+    audit_spool_max_bytes: int = Field(default=256 * MIB, ge=1 * MIB)
+    audit_ship_interval_s: float = Field(default=1.0, gt=0, le=60)
     audit_queue_size: int = Field(default=10_000, ge=1)
     audit_fsync: bool = False
     audit_rotate_bytes: int = Field(default=64 * MIB, ge=4 * KIB)
     audit_rotate_interval_s: float = Field(default=86_400.0, gt=0)
     audit_checkpoint_every: int = Field(default=1000, ge=1)
     audit_checkpoint_interval_s: float = Field(default=60.0, gt=0)
-    # How long the writer waits for more records before a write: records reach the file
-    # this much later, and the writer thread is woken once per batch, not per request.
-    audit_linger_ms: float = Field(default=20.0, ge=0, le=1000)
+    # How long the writer waits for more records before a write. Each answer waits for
+    # its record to be written (write-ahead), so this adds to every answer's latency;
+    # under load, batches form without it while the writer thread is busy.
+    audit_linger_ms: float = Field(default=0.0, ge=0, le=1000)
     # When the trail cannot take a record (queue full, sink failing): "closed" answers 503;
     # "open" serves anyway, records taking free queue room or, past it, being dropped
     # with an error log line naming the request. Only choose "open" knowingly.
@@ -125,6 +134,15 @@ class GatewaySettings(BaseSettings):
     @property
     def audit_file(self) -> Path:
         return self.audit_path or self.state_dir / "audit" / "audit.jsonl"
+
+    @property
+    def audit_store_url(self) -> str | None:
+        """The Blob Storage container the trail ships to, if that is the sink."""
+        return self.audit_sink if self.audit_sink.startswith("https://") else None
+
+    @property
+    def audit_spool(self) -> Path:
+        return self.audit_spool_dir or self.state_dir / "audit-spool"
 
 
 # Variables under our prefix that are not gateway settings but are ours all the same.

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE = ROOT / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
@@ -58,8 +59,23 @@ class AzuriteServer:
         if not AZURITE.exists():
             raise RuntimeError(f"{AZURITE} is missing: run `make azurite` (npm install azurite)")
         self.location.mkdir(parents=True, exist_ok=True)
-        log = (self.location / "azurite.log").open("ab")
-        self.proc = subprocess.Popen(
+        with (self.location / "azurite.log").open("ab") as log:
+            self.proc = self._spawn(log)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "Azurite did not start: "
+                        + (self.location / "azurite.log").read_text(errors="replace")[-2000:]
+                    ) from None
+                time.sleep(0.1)
+
+    def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 str(AZURITE),
                 "--blobHost",
@@ -81,20 +97,15 @@ class AzuriteServer:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "Azurite did not start: "
-                        + (self.location / "azurite.log").read_text(errors="replace")[-2000:]
-                    ) from None
-                time.sleep(0.1)
 
     def stop(self) -> None:
+        """SIGTERM: Azurite saves its metadata database and exits. (After SIGKILL it would
+        lose what it acknowledged since its last autosave, which Blob Storage never does:
+        that would test the emulator, not the gateway.)"""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

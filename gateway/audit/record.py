@@ -67,11 +67,43 @@ def canonical(record: dict[str, Any]) -> bytes:
 
 
 def seal(fields: dict[str, Any], seq: int, prev: str) -> tuple[bytes, str]:
-    """The record's line (with ``seq``, ``prev`` and ``hash``) and its hash."""
+    """The record's line (with ``seq``, ``prev`` and ``hash``) and its hash.
+
+    Every record can be sealed: a string JSON cannot carry as UTF-8 (a lone UTF-16
+    surrogate, which JavaScript's JSON.stringify emits and an issuer may sign into a
+    claim) has each such code point replaced by U+FFFD, and the record says so
+    (``"sanitized": true``). The writer never stops on a field it cannot encode.
+    """
     record = {**fields, "seq": seq, "prev": prev}
-    digest = hashlib.sha256(canonical(record)).hexdigest()
+    try:
+        body = canonical(record)
+    except orjson.JSONEncodeError:
+        record = {name: _encodable(value) for name, value in record.items()}
+        record["sanitized"] = True
+        body = canonical(record)
+    digest = hashlib.sha256(body).hexdigest()
     record["hash"] = digest
     return canonical(record) + b"\n", digest
+
+
+def _encodable(value: Any) -> Any:
+    if isinstance(value, str):
+        if not _has_surrogate(value):
+            return value
+        # Through UTF-16: a well-formed surrogate pair becomes its character again, each
+        # lone surrogate U+FFFD.
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if isinstance(value, dict):
+        return {str(_encodable(k)): _encodable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encodable(v) for v in value]
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return _encodable(str(value))  # anything else JSON has no form for: its text
+
+
+def _has_surrogate(text: str) -> bool:
+    return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
 _second: tuple[int, str] = (-1, "")

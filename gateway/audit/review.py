@@ -50,6 +50,11 @@ class VerifyResult:
     line: int | None = None
     problem: str | None = None
     notes: list[str] = field(default_factory=list)
+    last_type: str | None = None  # the last record's type ("checkpoint" when it drained)
+
+    @property
+    def ended_without_checkpoint(self) -> bool:
+        return self.records > 0 and self.last_type != "checkpoint"
 
     @property
     def unsigned_tail(self) -> int:
@@ -130,6 +135,7 @@ def verify(
                 prev, seq = claimed, record_seq
                 result.records += 1
                 result.last_seq = record_seq
+                result.last_type = str(record.get("type", "request"))
     return _check_end(result, last_checkpoint, keys, max_unsigned)
 
 

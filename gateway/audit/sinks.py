@@ -2,7 +2,9 @@
 
 AuditSink (Protocol: tail, write, close)
  ├── FileSink    append-only JSON lines, rotated by size or age, 0600 in a 0700 dir
- └── StdoutSink  JSON lines for Container Insights / Log Analytics
+ ├── StdoutSink  JSON lines for Container Insights / Log Analytics
+ └── ShippingSink (Protocol: + start, run, flush, aclose): a sink with a task of its own
+      └── BlobSink  a local spool shipped to Azure Blob Storage (gateway.audit.blobstore)
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import orjson
 
@@ -28,6 +30,19 @@ class AuditSink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ShippingSink(AuditSink, Protocol):
+    """A sink that ships what it took elsewhere, in a task of its own."""
+
+    async def start(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def flush(self, timeout_s: float) -> bool: ...
+
+    async def aclose(self) -> None: ...
 
 
 def rotated_name(last_seq: int) -> str:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -238,8 +240,38 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 # -- audit ---------------------------------------------------------------------------
-def _audit_paths(args: argparse.Namespace) -> list[Path]:
-    return list(args.paths) if args.paths else [_settings(args).audit_file.parent]
+@contextlib.contextmanager
+def _audit_trails(args: argparse.Namespace) -> Iterator[dict[str, list[Path]]]:
+    """The trails to review, by name: the files and folders given (one trail), or each
+    replica's chain in a Blob Storage container given by URL (downloaded to a temporary
+    folder; DefaultAzureCredential reads it). Without arguments: the configured sink."""
+    sources = list(args.paths)
+    if not sources:
+        settings = _settings(args)
+        sources = [settings.audit_store_url or str(settings.audit_file.parent)]
+    urls = [s for s in sources if s.startswith("https://")]
+    trails: dict[str, list[Path]] = {}
+    files = [Path(s) for s in sources if not s.startswith("https://")]
+    if files:
+        trails["local"] = files
+    with tempfile.TemporaryDirectory(prefix="scoregate-audit-") as scratch:
+        for url in urls:
+            for replica, folder in _download_store(url, Path(scratch)).items():
+                trails[replica] = [folder]
+        yield trails
+
+
+def _download_store(url: str, into: Path) -> dict[str, Path]:
+    from azure.identity.aio import DefaultAzureCredential
+
+    from gateway.audit.blobstore import download_container, open_container
+
+    async def go() -> dict[str, Path]:
+        async with DefaultAzureCredential() as credential:
+            async with open_container(url, credential) as container:
+                return await download_container(container, into / str(abs(hash(url))))
+
+    return asyncio.run(go())
 
 
 def _with_store(args: argparse.Namespace, use: Callable[[Any], Awaitable[T]]) -> T:
@@ -291,15 +323,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
         )
         if not args.json:
             _out(review.table_header())
-        for count, record in enumerate(review.query(_audit_paths(args), where), start=1):
-            _out(json.dumps(record, sort_keys=True) if args.json else review.table_row(record))
-            if args.limit and count >= args.limit:
-                break
+        with _audit_trails(args) as trails:
+            paths = [path for group in trails.values() for path in group]
+            for count, record in enumerate(review.query(paths, where), start=1):
+                _out(json.dumps(record, sort_keys=True) if args.json else review.table_row(record))
+                if args.limit and count >= args.limit:
+                    break
         return 0
-    records = review.query(_audit_paths(args), review.Filter(since=since, until=until))
-    report = review.build_report(
-        records, since.isoformat() if since else None, until.isoformat() if until else None
-    )
+    with _audit_trails(args) as trails:  # every replica's records in one report
+        paths = [path for group in trails.values() for path in group]
+        records = review.query(paths, review.Filter(since=since, until=until))
+        report = review.build_report(
+            records, since.isoformat() if since else None, until.isoformat() if until else None
+        )
     if args.html:
         args.html.write_text(review.render_html(report), encoding="utf-8")
         _out(f"wrote {args.html}")
@@ -323,26 +359,43 @@ def _audit_verify(args: argparse.Namespace) -> int:
         if not keys:
             _err("no public key to check checkpoint signatures: give --public-key or --chain-only")
             return 2
-    result = review.verify(
-        _audit_paths(args),
-        keys,
-        partial=args.partial,
-        max_unsigned=_settings(args).audit_checkpoint_every,
-    )
+    broken = 0
+    with _audit_trails(args) as trails:
+        if not trails:
+            _err("no audit trail found (an empty container?)")
+            return 1
+        for name, paths in trails.items():
+            label = "" if list(trails) == ["local"] else f"{name}: "
+            result = review.verify(
+                paths,
+                keys,
+                partial=args.partial,
+                max_unsigned=_settings(args).audit_checkpoint_every,
+            )
+            broken += _report_verify(label, result, keys is not None, from_store=name != "local")
+    return 1 if broken else 0
+
+
+def _report_verify(label: str, result: Any, signed_checked: bool, *, from_store: bool) -> int:
+    from gateway.audit import review
+
     for note in result.notes:
-        _out(f"note: {note}")
+        _out(f"{label}note: {note}")
     if not result.ok:
-        _out(f"BROKEN after {result.records} good records: {result.problem}")
+        _out(f"{label}BROKEN after {result.records} good records: {result.problem}")
         return 1
-    signed = (
-        "chain only, signatures not checked"
-        if keys is None
-        else (
-            f"{result.checkpoints} signed checkpoints, "
-            f"{result.unsigned_tail} records after the last one"
+    if from_store and result.ended_without_checkpoint and signed_checked:
+        # A replica that stopped without draining (killed, its node lost), or one still
+        # running: complete as far as the chain shows, its last records not yet signed.
+        _out(
+            f"{label}note: ends without a final checkpoint (still running, or stopped "
+            f"without draining): {result.unsigned_tail} records after the last one are "
+            "chained but not signed"
         )
+    signed = (
+        review.describe_signing(result) if signed_checked else "chain only, signatures not checked"
     )
-    _out(f"ok: {result.records} records, chain intact; {signed}")
+    _out(f"{label}ok: {result.records} records, chain intact; {signed}")
     return 0
 
 
@@ -418,20 +471,23 @@ def parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="review the audit trail")
     asub = audit.add_subparsers(dest="audit_command", required=True)
-    paths_help = "trail files or directories (default: the state directory's audit/)"
+    paths_help = (
+        "trail files or directories, or a Blob Storage container's URL (default: the "
+        "configured audit sink)"
+    )
     ver = asub.add_parser(
         "verify", help="check chain and signed checkpoints; non-zero at the first break"
     )
-    ver.add_argument("paths", nargs="*", type=Path, help=paths_help)
+    ver.add_argument("paths", nargs="*", help=paths_help)
     ver.add_argument(
         "--public-key", type=Path, help="PEM public key (default: from the secret store)"
     )
     ver.add_argument("--chain-only", action="store_true", help="skip signature checks")
     ver.add_argument("--partial", action="store_true", help="accept a range that starts mid-chain")
     qry = asub.add_parser("query", help="records matching filters, as a table or JSON lines")
-    qry.add_argument("paths", nargs="*", type=Path, help=paths_help)
+    qry.add_argument("paths", nargs="*", help=paths_help)
     rep = asub.add_parser("report", help="summary for a period, as text, JSON or an HTML page")
-    rep.add_argument("paths", nargs="*", type=Path, help=paths_help)
+    rep.add_argument("paths", nargs="*", help=paths_help)
     for p_ in (qry, rep):
         p_.add_argument("--since", help="ISO time or an age such as 15m, 2h, 7d")
         p_.add_argument("--until", help="ISO time or an age")

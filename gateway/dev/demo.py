@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -225,7 +226,11 @@ def run_demo(
         for model in ("iris", "digits"):
             _wait_ready(f"{base}/v2/models/{model}/ready", ca, processes, api_key=api_key)
         ok, request_ids = _show_requests(base, ca, api_key, token, models, out)
-        ok &= _show_audit(state / "audit", request_ids, out)
+        # With a Blob Storage container as the sink, records are sealed into the spool
+        # first (and shipped from there): the demo reads them where they land first.
+        store = settings.audit_store_url
+        trail = (settings.audit_spool_dir or state / "audit-spool") if store else state / "audit"
+        ok &= _show_audit(trail, request_ids, out)
         curl = (
             f"curl --cacert {shlex.quote(str(ca))} -H 'api-key: {api_key}' "
             "-H 'content-type: application/json' "
@@ -233,11 +238,14 @@ def run_demo(
         )
         out("\nTry it yourself (the demo key is valid until the next demo run revokes it):")
         out(f"  {curl}")
-        out(f"Audit trail: {state / 'audit'}   logs: {logs}")
+        out(f"Audit trail: {store or state / 'audit'}   logs: {logs}")
         if once:
-            _stop(processes)  # the gateway drains its queue and signs the head on the way out
-            return 0 if _verify_audit(state, out, settings.audit_checkpoint_every) and ok else 1
-        _verify_audit(state, out, settings.audit_checkpoint_every)
+            # The gateway drains its queue, signs the head and ships it on the way out.
+            _stop(processes)
+            verified = _verify_audit(state, store, out, settings.audit_checkpoint_every)
+            return 0 if verified and ok else 1
+        if store is None:  # a store is read back once the gateway has shipped (at exit)
+            _verify_audit(state, store, out, settings.audit_checkpoint_every)
         out("\nServing until Ctrl-C ...")
         while all(p.proc.poll() is None for p in processes):
             time.sleep(0.5)
@@ -350,14 +358,38 @@ def _show_audit(trail: Path, request_ids: list[str], out: Callable[[str], None])
     return len(found) == len(wanted)
 
 
-def _verify_audit(state: Path, out: Callable[[str], None], max_unsigned: int) -> bool:
+def _verify_audit(
+    state: Path, store: str | None, out: Callable[[str], None], max_unsigned: int
+) -> bool:
     keys = asyncio.run(signing.public_keys(LocalSecretStore(state / "secrets.json")))
-    result = review.verify([state / "audit"], keys, max_unsigned=max_unsigned)
-    if result.ok:
-        out(
-            f"Audit trail verified: {result.records} records, chain intact, "
-            f"{review.describe_signing(result)} (`scoregate audit verify`)"
-        )
-    else:
-        out(f"Audit trail BROKEN: {result.problem}")
-    return result.ok
+    with tempfile.TemporaryDirectory(prefix="scoregate-demo-audit-") as scratch:
+        trails = _download(store, Path(scratch)) if store else {"": state / "audit"}
+        if not trails:
+            out(f"Audit trail BROKEN: nothing in {store}")
+            return False
+        ok = True
+        for replica, folder in trails.items():
+            result = review.verify([folder], keys, max_unsigned=max_unsigned)
+            where = f" (replica {replica} in {store})" if store else ""
+            if result.ok:
+                out(
+                    f"Audit trail verified{where}: {result.records} records, chain intact, "
+                    f"{review.describe_signing(result)} (`scoregate audit verify`)"
+                )
+            else:
+                out(f"Audit trail BROKEN{where}: {result.problem}")
+            ok &= result.ok
+    return ok
+
+
+def _download(url: str, into: Path) -> dict[str, Path]:
+    from azure.identity.aio import DefaultAzureCredential
+
+    from gateway.audit.blobstore import download_container, open_container
+
+    async def go() -> dict[str, Path]:
+        async with DefaultAzureCredential() as credential:
+            async with open_container(url, credential) as container:
+                return await download_container(container, into)
+
+    return asyncio.run(go())

@@ -13,12 +13,16 @@ one place records are written. The path holds the components it calls, not the g
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import time
+from collections.abc import Awaitable, Generator
 
 import orjson
 
 from gateway.audit.record import AuditEvent, utc_timestamp
+from gateway.audit.redact import redact
 from gateway.audit.trail import AuditTrail
 from gateway.errors import (
     AuditUnavailable,
@@ -38,6 +42,8 @@ from gateway.steps import context
 from gateway.steps.envelope import Kind, count_instances
 from gateway.steps.exchange import Exchange, Head
 from gateway.upstream.forwarder import Answer, Forwarder
+
+log = logging.getLogger("gateway.audit")
 
 JSON = "application/json"
 PROBES = frozenset({"live", "ready"})
@@ -87,8 +93,14 @@ class RequestPath:
 
     async def screen(self, ex: Exchange, head: Head) -> None:
         """The checks every request passes before anything reads its credentials."""
-        if not ex.audit_reserved and self.settings.audit_on_failure == "closed":
+        if (
+            not ex.audit_reserved
+            and self.settings.audit_on_failure == "closed"
+            and ex.endpoint not in PROBES
+        ):
             # Fail closed (the default): no request is served that cannot be audited.
+            # Probes are counted, not recorded: they still answer (readiness says 503
+            # while the trail is not accepting; liveness stays up, a restart cures nothing).
             raise AuditUnavailable(reason="audit_unavailable")
         context.reject_credentials_in_query(head.query)
         if head.transfer_encoding and head.content_length is not None:
@@ -159,20 +171,24 @@ class RequestPath:
         )
         return body, dict(exc.headers)
 
-    def audit(self, ex: Exchange, status: int, bytes_out: int) -> None:
-        """The request's one audit record; a second call for the same request does nothing."""
+    def audit(self, ex: Exchange, status: int, bytes_out: int) -> Awaitable[None]:
+        """The request's one audit record; a second call for the same request does nothing.
+
+        Await the result before the answer leaves: it completes when the record is in the
+        sink (at most ``AUDIT_WAIT_S``, see `recorded`)."""
         if ex.audited:
-            return
+            return _DONE
         ex.audited = True
         reserved, ex.audit_reserved = ex.audit_reserved, False
         principal = ex.principal
         event = AuditEvent(
             time=utc_timestamp(),
             request_id=ex.request_id,
-            client_request_id=ex.client_request_id,
+            # What the client chose, with any key-shaped run taken out (CWE-532).
+            client_request_id=redact(ex.client_request_id),
             client=ex.client,
             method=ex.method[:16],
-            path=ex.path[:256],  # never the query string
+            path=redact(ex.path[:256]),  # never the query string
             route=ex.endpoint,
             model=ex.model,
             subject=principal.subject if principal else None,
@@ -189,12 +205,46 @@ class RequestPath:
             instances=ex.instances,
             limiter=self._limiter.state if ex.endpoint not in PROBES else None,
         )
-        self._audit.record(event, reserved=reserved)
+        written = None
+        if ex.endpoint in PROBES:
+            # Counted, not recorded one by one: anyone may probe (gateway.audit.trail).
+            if reserved:
+                self._audit.release()
+            self._audit.count_probe(ex.endpoint, status)
+        else:
+            written = self._audit.record(event, reserved=reserved)
         self._metrics.observe(event, ex.route.upstream_name if ex.route is not None else None)
+        return _DONE if written is None else recorded(written, ex.request_id)
 
     def abandoned(self, ex: Exchange) -> None:
         """A request that ended without an answer (the client left, or the server is
-        stopping) still gets its one record, and gives back its reserved slot."""
+        stopping) still gets its one record, and gives back its reserved slot. No answer
+        waits for it."""
         if not ex.audited:
             ex.reason = "client_disconnected"
             self.audit(ex, 499, 0)
+
+
+# How long an answer waits for its record to reach the sink. The sink retries while it
+# fails (a full disk, the store and then the spool); past this the answer goes out with
+# its record still queued, written when the sink recovers, and new requests are refused
+# (503) meanwhile: the trail is not accepting.
+AUDIT_WAIT_S = 5.0
+
+
+async def recorded(written: asyncio.Future[None], request_id: str) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(written), AUDIT_WAIT_S)
+    except TimeoutError:
+        log.error("audit record of %s not yet written; answering anyway", request_id)
+
+
+class _Done:
+    """An awaitable that is already complete (no record to wait for)."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield
+
+
+_DONE = _Done()

@@ -52,6 +52,8 @@ class Service(Protocol):
 
     async def stop(self) -> None: ...
 
+    def live(self) -> bool: ...
+
     async def readiness(self) -> tuple[bool, dict[str, Any]]: ...
 
 
@@ -111,7 +113,8 @@ def create_app(gw: Service) -> Quart:
             return response
         await drain_unread_body(ex, read_unread_body)
         response.headers.update(closing_headers(ex, request.http_version))
-        path.audit(ex, response.status_code, response.content_length or 0)
+        # In the sink before the answer leaves (write-ahead: gateway.audit.trail).
+        await path.audit(ex, response.status_code, response.content_length or 0)
         return response
 
     @app.teardown_request
@@ -167,7 +170,10 @@ def create_app(gw: Service) -> Quart:
     @app.get("/v2/health/live")
     async def live() -> Response:
         g.ex.decision, g.ex.reason = "allow", "public_endpoint"
-        return _json({"live": True})
+        # Not live when a background task ended (the audit writer gave up): Kubernetes
+        # restarts the container instead of keeping a replica that answers 503.
+        alive = gw.live()
+        return _json({"live": alive}, 200 if alive else 503)
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:

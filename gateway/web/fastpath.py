@@ -133,7 +133,7 @@ class ScoringPath:
             (k.lower().encode(), v.encode())
             for k, v in closing_headers(ex, scope["http_version"], extra)
         )
-        self._path.audit(ex, status, len(body))
+        await self._path.audit(ex, status, len(body))  # in the sink before the answer leaves
         await send_json(send, status, body, headers)
 
     async def _score(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from certs.authority import CertPaths
 from gateway.audit.review import verify
+from tests.azurite import AzuriteServer
 from tests.conftest import Stack, free_port, scoregate
+from tests.keyvault_server import IDENTITY_HEADER, KeyVaultServer
 
 pytestmark = pytest.mark.e2e
 
@@ -232,3 +235,39 @@ def test_demo_once_exits_zero_after_real_predictions(
     assert "Audit records of these requests" in out.stdout
     assert "Audit trail verified:" in out.stdout and "0 records after the last one" in out.stdout
     assert verify([state / "audit" / "audit.jsonl"]).ok
+
+
+def test_demo_once_with_the_audit_trail_in_blob_storage(
+    tmp_path_factory: pytest.TempPathFactory,
+    vault: KeyVaultServer,
+    azurite: AzuriteServer,
+    audit_container: str,
+    pki: CertPaths,
+) -> None:
+    """`make demo` with SCOREGATE_AUDIT_SINK set to a container (Azurite here): the records
+    go to the spool, then to the store, and the demo verifies the store's copy."""
+    state = tmp_path_factory.mktemp("demo-store")
+    out = scoregate(
+        "demo",
+        "--once",
+        "--port",
+        str(free_port()),
+        "--scorer-port",
+        str(free_port()),
+        "--gpu-scorer-port",
+        str(free_port()),
+        state=state,
+        SCOREGATE_METRICS_PORT=str(free_port()),
+        SCOREGATE_AUDIT_SINK=audit_container,
+        IDENTITY_ENDPOINT=f"{vault.url}/msi/token",
+        IDENTITY_HEADER=IDENTITY_HEADER,
+        SSL_CERT_FILE=str(pki.ca_cert),
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Audit records of these requests" in out.stdout
+    assert f"Audit trail: {audit_container}" in out.stdout
+    assert (
+        "Audit trail verified (replica " in out.stdout
+        and "0 records after the last one" in out.stdout
+    )
+    assert not (state / "audit").exists()  # nothing in the file sink

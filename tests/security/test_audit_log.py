@@ -97,7 +97,7 @@ def test_hostile_strings_cannot_split_or_forge_records(stack: Stack) -> None:
             client.get(
                 "/x%0D%0A%7B%22seq%22%3A1%7D", headers={"x-request-id": 'abcdefgh\\"}{"seq":1'}
             ),
-            client.get("/v2/health/live", headers={"x-request-id": forged}),
+            client.get("/v2/unknown", headers={"x-request-id": forged}),
         ]
     for r in responses:
         stack.audit_for(r.headers["x-request-id"])
@@ -158,15 +158,18 @@ async def test_failing_sink_fails_closed_with_503_and_loses_nothing(tmp_path: Pa
     async with app.test_app() as test_app:
         client = test_app.test_client()
         for _ in range(200):
-            r = await client.get("/v2/health/live")
+            # A request that is recorded (health probes are only counted): an unknown
+            # path, 404 while the trail takes records.
+            r = await client.get("/v2/unknown")
             statuses.append(r.status_code)
             ids.append(r.headers["x-request-id"])
-            if 503 in statuses and statuses[-1] == 200:
+            if 503 in statuses and statuses[-1] == 404:
                 break
             await asyncio.sleep(0.02)
-    assert statuses[0] == 200
+        assert (await client.get("/v2/health/live")).status_code == 200  # live all along
+    assert statuses[0] == 404
     assert 503 in statuses  # failed closed while the sink failed
-    assert statuses[-1] == 200  # and served again once it recovered
+    assert statuses[-1] == 404  # and served again once it recovered
     records = [orjson.loads(line) for line in sink.lines]
     written = [r["request_id"] for r in records if r["type"] == "request"]
     assert sorted(written) == sorted(ids)  # every request, the refused ones too, exactly once
@@ -189,9 +192,10 @@ async def test_open_audit_failure_policy_serves_and_says_so(tmp_path: Path) -> N
     app = create_app(gw)
     async with app.test_app() as test_app:
         client = test_app.test_client()
-        statuses = [(await client.get("/v2/health/live")).status_code for _ in range(10)]
+        # Recorded requests (probes are only counted): an unknown path, 404 each.
+        statuses = [(await client.get("/v2/unknown")).status_code for _ in range(10)]
         ready = await (await client.get("/v2/health/ready")).get_json()
         sink.failures = 0  # the disk frees up: shutdown drains what is queued
-    assert statuses == [200] * 10  # served although the trail is failing
+    assert statuses == [404] * 10  # served although the trail is failing
     assert ready["audit_accepting"] is False and ready["ready"] is False
     assert gw.audit.lost > 0  # and the loss is counted (and logged), never silent

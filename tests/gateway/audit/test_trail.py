@@ -441,3 +441,66 @@ def test_timestamps_are_iso_utc_with_milliseconds_and_current() -> None:
         parsed = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
         assert abs((dt.datetime.now(dt.UTC) - parsed).total_seconds()) < 0.5
         time.sleep(0.6)  # across a second boundary: the cached prefix is renewed
+
+
+async def test_a_field_json_cannot_encode_is_sealed_replaced_and_flagged(tmp_path: Path) -> None:
+    """A lone UTF-16 surrogate in a claim: before, the encoder raised inside the writer."""
+    path = tmp_path / "audit.jsonl"
+    audit = await write(path, [event(1, subject="a\ud800b"), event(2)])
+    first, second = lines_of(path)[:2]
+    assert first["subject"] == "a\ufffdb" and first["sanitized"] is True
+    assert "sanitized" not in second
+    assert verify([path]).ok and audit.lost == 0
+
+
+async def test_the_answer_waits_until_its_record_is_in_the_sink(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit = AuditTrail(FileSink(path), queue_size=10)
+    assert audit.reserve()
+    written = audit.record(event(1), reserved=True)
+    assert written is not None and not written.done() and not lines_of(path)
+    writer = asyncio.create_task(audit.run())
+    await asyncio.wait_for(written, 5)
+    assert [r["request_id"] for r in lines_of(path)] == ["req-00000001"]  # there first
+    writer.cancel()
+    audit.close()
+
+
+async def test_health_probes_are_counted_into_one_record_per_interval(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit = AuditTrail(FileSink(path), queue_size=10, checkpoint_interval_s=0.2)
+    writer = asyncio.create_task(audit.run())
+    for _ in range(500):
+        audit.count_probe("live", 200)
+    audit.count_probe("ready", 503)
+    await asyncio.sleep(0.5)  # idle otherwise: the summary comes when the interval passes
+    (summary,) = lines_of(path)
+    assert summary["type"] == "probes"
+    assert summary["counts"] == {"live 200": 500, "ready 503": 1}
+    writer.cancel()
+    audit.close()
+
+
+async def test_a_writer_fault_loses_no_answer_and_repeated_faults_stop_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Supervised: a batch the writer cannot seal (a bug) is reported by request id and
+    its answers still go out; five in a minute stop the writer (the replica is not live)."""
+    import gateway.audit.trail as trail_module
+
+    audit = AuditTrail(FileSink(tmp_path / "audit.jsonl"), queue_size=100)
+    writer = asyncio.create_task(audit.run())
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(trail_module, "seal", broken)
+    for i in range(5):
+        assert audit.reserve()
+        written = audit.record(event(i), reserved=True)
+        assert written is not None
+        await asyncio.wait_for(written, 5)  # the answer is not held forever
+    assert audit.lost == 5
+    await asyncio.wait([writer], timeout=5)  # the fifth fault ends the writer task
+    assert writer.done() and isinstance(writer.exception(), RuntimeError)
+    audit.close()

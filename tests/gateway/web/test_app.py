@@ -564,3 +564,28 @@ async def test_client_errors_never_open_the_breaker(tmp_path: Path, upstream: Up
             assert (await predict(gw, json={"instances": ROWS})).status_code == 422
         upstream.mode = "ok"
         assert (await predict(gw, json={"instances": ROWS})).status_code == 200
+
+
+async def test_a_background_task_that_ended_makes_the_replica_not_live(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """The audit writer stops after repeated faults (or any background task ends): liveness
+    fails so Kubernetes restarts the container, rather than a replica answering 503."""
+    from gateway.web.app import create_app
+
+    gateway = build_gateway(
+        GatewaySettings(
+            state_dir=tmp_path,
+            routes_file=write_routes(tmp_path / "routes.toml", upstream.url),
+            access_policy_file=write_access(tmp_path / "access.toml"),
+        )
+    )
+    app = create_app(gateway)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.get("/v2/health/live")).status_code == 200
+        writer = next(t for t in gateway._tasks if t.get_name() == "audit-writer")
+        writer.cancel()
+        await asyncio.wait([writer])
+        r = await client.get("/v2/health/live")
+        assert (r.status_code, await r.get_json()) == (503, {"live": False})
