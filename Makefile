@@ -27,7 +27,7 @@ AZURITE_VERSION := 3.37.0
 AZURITE_DIR     := .azurite
 AZURITE_STAMP   := $(AZURITE_DIR)/.installed-$(AZURITE_VERSION)
 
-.PHONY: install checkov sslyze azurite demo test lint format typecheck unit k8s lock bench bench-hotpath bench-batching bench-profile clean
+.PHONY: install checkov sslyze azurite bench-audit-store demo test lint format typecheck unit k8s lock bench bench-hotpath bench-batching bench-profile clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scoregate needs Python >= 3.11")'
@@ -127,6 +127,11 @@ bench-hotpath: $(STAMP)
 	$(BIN)/python bench/hotpath.py
 
 ## make bench-batching: B6, the torch scorer's dynamic batching vs. its ceiling and batch size 1.
+## make bench-audit-store [AUDIT_ARGS="--records 200000 --traffic-rps 500"]: what the audit
+## store sustains here (Azurite) and what a month of it costs in Blob Storage.
+bench-audit-store: $(STAMP) $(AZURITE_STAMP)
+	$(BIN)/python bench/audit_store.py $(AUDIT_ARGS)
+
 bench-batching: $(STAMP)
 	$(BIN)/python bench/batching.py $(BENCH_ARGS)
 

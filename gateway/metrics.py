@@ -72,6 +72,11 @@ class GatewayMetrics:
             "Audit records lost (only with audit_on_failure=open)",
             registry=r,
         )
+        self.audit_unshipped = Gauge(
+            "scoregate_audit_unshipped_bytes",
+            "Audit spool bytes not yet in the audit store (Blob Storage sink only)",
+            registry=r,
+        )
         self.ratelimit_evicted = Gauge(
             "scoregate_ratelimit_counters_evicted",
             "In-process rate-limit counts forgotten early to stay under their memory cap",

@@ -120,6 +120,7 @@ class Gateway:
         if store is not None:
             # What this replica shipped before, and the spool it left, before any request.
             await store.start()
+            self.metrics.audit_unshipped.set_function(lambda: store.unshipped_bytes)
             self._tasks.append(asyncio.create_task(store.run(), name="audit-shipper"))
 
     async def stop(self) -> None:

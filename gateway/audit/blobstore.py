@@ -142,6 +142,7 @@ class BlobSink:
         self.store_ok = True
         self.last_error: str | None = None
         self.appended_blocks = 0
+        self.appended_bytes = 0
 
     # -- AuditSink (the writer thread) ---------------------------------------------------
     def tail(self) -> tuple[int, str]:
@@ -303,6 +304,7 @@ class BlobSink:
         blob.offset += len(data)
         blob.blocks += 1
         self.appended_blocks += 1
+        self.appended_bytes += len(data)
 
     async def ship(self) -> int:
         """Ship everything the spool holds now; the number of records shipped."""

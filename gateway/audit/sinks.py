@@ -44,6 +44,9 @@ class ShippingSink(AuditSink, Protocol):
 
     async def aclose(self) -> None: ...
 
+    @property
+    def unshipped_bytes(self) -> int: ...
+
 
 def rotated_name(last_seq: int) -> str:
     """Rotated files sort by name in chain order; the live file is always ``audit.jsonl``."""

@@ -440,6 +440,13 @@ class LocalCluster:
                     )
                     time.sleep(0.3)
 
+    def stop_pod(self, name: str, timeout_s: float = 60.0) -> int:
+        """SIGTERM, as the kubelet stops a container (after its preStop hook), and wait."""
+        proc = self.pods[name].proc
+        assert proc is not None
+        proc.terminate()
+        return proc.wait(timeout=timeout_s)
+
     def stop(self) -> None:
         for pod in self.pods.values():
             if pod.proc is not None and pod.proc.poll() is None:

@@ -73,7 +73,13 @@ def test_gateway_settings_parse_from_the_pod_environment(
     assert settings.port == gateway["ports"][0]["containerPort"]
     assert settings.secret_store == "keyvault"
     assert settings.keyvault_verify_challenge_resource is True
-    assert settings.audit_sink == "stdout"
+    # The audit trail ships to Blob Storage from a spool on a volume of its own, bounded
+    # below that volume's size limit (past it the kubelet evicts the pod).
+    assert settings.audit_store_url is not None
+    assert settings.audit_store_url.startswith("https://")
+    spool = mounts(overlay, "gateway", gateway)[str(settings.audit_spool)]
+    limit = spool["emptyDir"]["sizeLimit"]
+    assert limit.endswith("Mi") and settings.audit_spool_max_bytes < int(limit[:-2]) * 2**20
     assert settings.trusted_proxy_hops == 0
     assert settings.rate_limit_storage == "async+redis://redis:6379"
     assert settings.rate_limit_storage_username == "gateway"

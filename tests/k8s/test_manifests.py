@@ -372,13 +372,17 @@ def test_azure_names_from_one_file_reach_every_place(overlay: Rendered) -> None:
         "tenantId",
         "clientId",
         "redisClientId",
+        "auditContainerUrl",
         "dnsLabel",
     }
     text = overlay.path.read_text()
     placeholders = ("CLIENT_ID", "TENANT_ID", "KEYVAULT_NAME", "KEYVAULT_URL", "DNS_LABEL")
     for placeholder in placeholders:
         assert not re.search(rf"(?<![A-Z_]){placeholder}", text), placeholder
-    assert "REDIS_CLIENT_ID" not in text
+    assert "REDIS_CLIENT_ID" not in text and "AUDIT_CONTAINER_URL" not in text
+    gateway = overlay.get("Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["SCOREGATE_AUDIT_SINK"] == values["auditContainerUrl"]
     for spc, client in (("scoregate-gateway", "clientId"), ("scoregate-redis", "redisClientId")):
         params = overlay.get("SecretProviderClass", spc)["spec"]["parameters"]
         assert (params["keyvaultName"], params["tenantId"], params["clientID"]) == (

@@ -25,6 +25,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,12 +34,15 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from azure.storage.blob.aio import ContainerClient
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certs.authority import CertPaths
 from gateway.audit import signing
+from gateway.audit.blobstore import download_container
+from gateway.audit.review import read_records, verify
 from gateway.errors import RateLimited
 from gateway.identity import lifecycle
 from gateway.identity.principal import Principal
@@ -46,7 +50,7 @@ from gateway.ratelimit.limiter import Limiter
 from gateway.ratelimit.policy import RateLimitPolicy
 from gateway.ratelimit.storage import StorageCredentials
 from gateway.secretstore.keyvault import KeyVaultSecretStore
-from tests.conftest import StaticCredential, free_port
+from tests.conftest import StaticCredential, StorageCredential, free_port
 from tests.gateway.identity.test_jwks import jwk
 from tests.k8s.conftest import OVERLAYS, Rendered
 from tests.k8s.installs import Install
@@ -101,6 +105,21 @@ class Azure:
         )
         self.api_key = ""
 
+    def store(self) -> KeyVaultSecretStore:
+        return KeyVaultSecretStore(
+            self.vault.url,
+            StaticCredential(),  # type: ignore[arg-type]
+            verify_challenge_resource=False,
+            connection_verify=str(self.ca),
+        )
+
+    async def public_keys(self) -> dict[str, Any]:
+        store = self.store()
+        try:
+            return await signing.public_keys(store)
+        finally:
+            await store.close()
+
     def start(self) -> None:
         self.vault.start()
         state = self.vault.state
@@ -108,12 +127,7 @@ class Azure:
         state.discovery = {"issuer": self.issuer, "jwks_uri": f"{self.vault.url}/jwks"}
 
         async def create() -> str:
-            store = KeyVaultSecretStore(
-                self.vault.url,
-                StaticCredential(),  # type: ignore[arg-type]
-                verify_challenge_resource=False,
-                connection_verify=str(self.ca),
-            )
+            store = self.store()
             try:
                 # What k8s/README.md has the operator put in the vault: an audit signing
                 # key and an API key.
@@ -127,9 +141,13 @@ class Azure:
 
         self.api_key = asyncio.run(create())
 
-    def stand_ins(self, keyvault_url: str) -> AzureStandIns:
+    def stand_ins(self, keyvault_url: str, audit_url: str, container: str) -> AzureStandIns:
         return AzureStandIns(
-            replacements={keyvault_url: self.vault.url, ENTRA: self.vault.url},
+            replacements={
+                keyvault_url: self.vault.url,
+                ENTRA: self.vault.url,
+                audit_url: container,
+            },
             # What AKS gives the gateway for Azure: on AKS the workload identity webhook's
             # variables (a federated token); here the managed-identity endpoint of the
             # stand-in, which azure-identity's DefaultAzureCredential reads the same way.
@@ -185,11 +203,13 @@ def cluster(
     azure: Azure,
     model_repo: Path,
     digits_repo: Path,
+    audit_container: str,
 ) -> Iterator[LocalCluster]:
     overlay = rendered[request.param]
     root = world_readable_tmp()
     (gateway,) = overlay.get("Deployment", "gateway")["spec"]["template"]["spec"]["containers"]
-    keyvault_url = next(e["value"] for e in gateway["env"] if e["name"] == "SCOREGATE_KEYVAULT_URL")
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    keyvault_url, audit_url = env["SCOREGATE_KEYVAULT_URL"], env["SCOREGATE_AUDIT_SINK"]
     images = {
         "models-cpu": models_image(model_repo, root / "models-cpu"),
         "models-gpu": models_image(digits_repo, root / "models-gpu"),
@@ -198,7 +218,7 @@ def cluster(
         overlay,
         root,
         installs,
-        azure.stand_ins(keyvault_url),
+        azure.stand_ins(keyvault_url, audit_url, audit_container),
         images,
         edit_config=lambda name, text: with_entra_issuer(text) if name == "issuers.toml" else text,
     )
@@ -265,9 +285,18 @@ async def limiter_strategies(redis_port: int, gateway: Pod) -> None:
             await limiter.close()
 
 
+async def stored(url: str, ca: Path, into: Path) -> dict[str, Path]:
+    async with ContainerClient.from_container_url(
+        url,
+        credential=StorageCredential(),  # type: ignore[arg-type]
+        connection_verify=str(ca),
+    ) as container:
+        return await download_container(container, into)
+
+
 @pytest.mark.parametrize("cluster", OVERLAYS, indirect=True)
 def test_the_rendered_overlay_runs_and_scores_with_an_api_key_and_an_entra_token(
-    cluster: LocalCluster, azure: Azure, digits_repo: Path
+    cluster: LocalCluster, azure: Azure, digits_repo: Path, audit_container: str
 ) -> None:
     gateway = cluster.pods["gateway"]
     if os.geteuid() == 0:  # CI: each process runs as its pod's user, with no capability
@@ -349,11 +378,6 @@ def test_the_rendered_overlay_runs_and_scores_with_an_api_key_and_an_entra_token
     # Every strategy the policy may name runs under the gateway's ACL (its Lua scripts and
     # key patterns), through the real limiter with the password from the CSI file.
     asyncio.run(limiter_strategies(redis, cluster.pods["gateway"]))
-    # The audit trail is the gateway's stdout (Container Insights reads it there).
-    deadline = time.monotonic() + 10
-    while request_id not in gateway.log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert request_id in gateway.log.read_text()
     assert "no audit signing key" not in gateway.log.read_text()  # it signs its checkpoints
     # The metrics ports answer (what the PodMonitor scrapes), each pod its own.
     scraped = httpx.get(f"http://127.0.0.1:{gateway.port('metrics')}/metrics", timeout=5).text
@@ -362,3 +386,14 @@ def test_the_rendered_overlay_runs_and_scores_with_an_api_key_and_an_entra_token
         if name in cluster.pods:
             url = f"http://127.0.0.1:{cluster.pods[name].port('metrics')}/metrics"
             assert "scoregate_scorer_" in httpx.get(url, timeout=5).text
+    # The audit trail is in the store the config names: the gateway stops as Kubernetes
+    # stops it (SIGTERM), ships its spool, and the store's copy verifies.
+    cluster.stop_pod("gateway")
+    with tempfile.TemporaryDirectory() as scratch:
+        replicas = asyncio.run(stored(audit_container, azure.ca, Path(scratch)))
+        (folder,) = replicas.values()
+        records = [r for _, _, r in read_records([folder])]
+        assert [r for r in records if r.get("request_id") == request_id]
+        keys = asyncio.run(azure.public_keys())
+        assert verify([folder], keys).ok
+        assert records[-1]["type"] == "checkpoint"  # drained and signed on the way out
