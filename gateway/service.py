@@ -195,9 +195,11 @@ def build_audit(settings: GatewaySettings) -> AuditTrail:
         # Imported here: the Blob SDK loads only where the trail ships to a container.
         from gateway.audit.blobstore import BlobSink, open_container
 
+        credential = DefaultAzureCredential()
         sink = BlobSink(
-            open_container(settings.audit_store_url, DefaultAzureCredential()),
+            open_container(settings.audit_store_url, credential),
             settings.audit_spool,
+            credential=credential,
             max_spool_bytes=settings.audit_spool_max_bytes,
             fsync=settings.audit_fsync,
             ship_interval_s=settings.audit_ship_interval_s,
@@ -238,6 +240,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         access=AccessPolicy.load(settings.access_policy_file, routes),
         forwarder=Forwarder(
             max_response_bytes=settings.max_response_bytes,
+            buffer_bytes=settings.upstream_buffer_bytes,
             tls=tls.upstream_context(
                 settings.upstream_ca, settings.upstream_client_cert, settings.upstream_client_key
             ),

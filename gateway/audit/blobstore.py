@@ -76,10 +76,26 @@ def utc_day() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
 
 
+# One store operation may take this long: a connection that dies under a request (the
+# store restarting) must not hold the shipper, and with it the shutdown's flush, for the
+# SDK's default minute. An append that timed out but landed is found by its position.
+STORE_TIMEOUT_S = 10.0
+
+
 def open_container(url: str, credential: AsyncTokenCredential) -> ContainerClient:
     from azure.storage.blob.aio import ContainerClient
 
-    return ContainerClient.from_container_url(url, credential=credential)
+    return ContainerClient.from_container_url(
+        url,
+        credential=credential,
+        connection_timeout=STORE_TIMEOUT_S / 2,
+        read_timeout=STORE_TIMEOUT_S,
+        # The SDK's own retries wait 15 s, then 18 s, then 24 s: the shipper retries
+        # with its own backoff, so the SDK tries twice more within about two seconds.
+        retry_total=2,
+        initial_backoff=0.5,
+        increment_base=1,
+    )
 
 
 def spool_replica(spool: Path, node: str = NODE) -> str:
@@ -105,6 +121,17 @@ class _Cursor:
     path: Path
     offset: int  # byte offset of the first record not shipped
     seq: int  # the last record before it
+    inode: int = 0  # the file's: the live file's name passes to a new file at rotation
+
+    def valid(self, shipped_seq: int) -> bool:
+        try:
+            return self.seq == shipped_seq and self.path.stat().st_ino == self.inode
+        except FileNotFoundError:
+            return False
+
+
+def _cursor(path: Path, offset: int, seq: int) -> _Cursor:
+    return _Cursor(path, offset, seq, path.stat().st_ino)
 
 
 class BlobSink:
@@ -119,8 +146,10 @@ class BlobSink:
         fsync: bool = False,
         ship_interval_s: float = 1.0,
         node: str = NODE,
+        credential: AsyncTokenCredential | None = None,  # closed with the sink
     ) -> None:
         self._container = container
+        self._credential = credential
         self.spool_dir = spool_dir
         self.replica = spool_replica(spool_dir, node)
         self._spool = FileSink(
@@ -132,6 +161,7 @@ class BlobSink:
         self._max_spool_bytes = max_spool_bytes
         self._ship_interval_s = ship_interval_s
         self._lock = threading.Lock()
+        self._shipping = asyncio.Lock()
         self._unshipped = 0  # bytes in the spool that are not in the store yet
         self._written_seq = 0  # the last record handed to the spool
         self._wake: asyncio.Event | None = None
@@ -225,16 +255,16 @@ class BlobSink:
                     if not line.endswith(b"\n"):
                         break
                     if int(orjson.loads(line)["seq"]) > after_seq:
-                        return _Cursor(path, offset, after_seq)
+                        return _cursor(path, offset, after_seq)
                     offset += len(line)
-            return _Cursor(path, offset, after_seq)
+            return _cursor(path, offset, after_seq)
         return None
 
     def _read_chunk(self) -> tuple[bytes, int, int, _Cursor] | None:
         """The next whole records after the cursor, up to one block: (data, first, last,
         the cursor after them). The cursor moves only once the store has taken them."""
         cursor = self._cursor
-        if cursor is None or cursor.seq != self.shipped_seq or not cursor.path.exists():
+        if cursor is None or not cursor.valid(self.shipped_seq):
             cursor = self._seek(self.shipped_seq)
             if cursor is None:
                 return None
@@ -262,7 +292,7 @@ class BlobSink:
             return None
         first = int(orjson.loads(lines[0])["seq"])
         last = int(orjson.loads(lines[-1])["seq"])
-        return b"".join(lines), first, last, _Cursor(path, offset, last)
+        return b"".join(lines), first, last, _cursor(path, offset, last)
 
     async def _new_blob(self, first_seq: int) -> _Blob:
         from azure.core import MatchConditions
@@ -307,7 +337,13 @@ class BlobSink:
         self.appended_bytes += len(data)
 
     async def ship(self) -> int:
-        """Ship everything the spool holds now; the number of records shipped."""
+        """Ship everything the spool holds now; the number of records shipped. One at a
+        time (the shipper task and the shutdown flush may both call it): two appends at
+        the same position would otherwise take each other's landing for their own."""
+        async with self._shipping:
+            return await self._ship()
+
+    async def _ship(self) -> int:
         shipped = 0
         while True:
             chunk = await asyncio.to_thread(self._read_chunk)
@@ -320,7 +356,8 @@ class BlobSink:
                     first,
                     self.shipped_seq,
                 )
-            await self._append(data, first)
+            async with asyncio.timeout(2 * STORE_TIMEOUT_S):  # the append and its check
+                await self._append(data, first)
             self.shipped_seq, self._cursor = last, after
             with self._lock:
                 self._unshipped = max(0, self._unshipped - len(data))
@@ -381,6 +418,8 @@ class BlobSink:
 
     async def aclose(self) -> None:
         await self._container.close()
+        if self._credential is not None:
+            await self._credential.close()
 
 
 # -- reading the store back ----------------------------------------------------------------

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Generator
+from typing import Any
 
 import orjson
 
@@ -214,7 +215,7 @@ class RequestPath:
         else:
             written = self._audit.record(event, reserved=reserved)
         self._metrics.observe(event, ex.route.upstream_name if ex.route is not None else None)
-        return _DONE if written is None else recorded(written, ex.request_id)
+        return _DONE if written is None else _Recorded(written, ex.request_id)
 
     def abandoned(self, ex: Exchange) -> None:
         """A request that ended without an answer (the client left, or the server is
@@ -237,6 +238,19 @@ async def recorded(written: asyncio.Future[None], request_id: str) -> None:
         await asyncio.wait_for(asyncio.shield(written), AUDIT_WAIT_S)
     except TimeoutError:
         log.error("audit record of %s not yet written; answering anyway", request_id)
+
+
+class _Recorded:
+    """Awaitable once, by the answer that waits for its record; a request abandoned
+    without an answer does not await it, and nothing is left pending."""
+
+    __slots__ = ("_request_id", "_written")
+
+    def __init__(self, written: asyncio.Future[None], request_id: str) -> None:
+        self._written, self._request_id = written, request_id
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return recorded(self._written, self._request_id).__await__()
 
 
 class _Done:

@@ -153,20 +153,27 @@ async def test_failing_sink_fails_closed_with_503_and_loses_nothing(tmp_path: Pa
     sink = FlakySink(failures=3)  # fails like a full disk, three times, then recovers
     gw.audit = AuditTrail(sink, queue_size=100)
     app = create_app(gw)
-    statuses: list[int] = []
-    ids: list[str] = []
+    results: dict[int, tuple[int, str]] = {}  # request number -> (status, request id)
     async with app.test_app() as test_app:
         client = test_app.test_client()
-        for _ in range(200):
+
+        async def one(number: int) -> None:
             # A request that is recorded (health probes are only counted): an unknown
-            # path, 404 while the trail takes records.
+            # path, 404 while the trail takes records. Its answer waits for its record.
             r = await client.get("/v2/unknown")
-            statuses.append(r.status_code)
-            ids.append(r.headers["x-request-id"])
-            if 503 in statuses and statuses[-1] == 404:
-                break
+            results[number] = (r.status_code, r.headers["x-request-id"])
+
+        requests = []
+        for number in range(300):
+            requests.append(asyncio.create_task(one(number)))
             await asyncio.sleep(0.02)
+            statuses = [results[n][0] for n in sorted(results)]
+            if 503 in statuses and statuses[-1] == 404 and number > max(results) + 2:
+                break
+        await asyncio.gather(*requests)
         assert (await client.get("/v2/health/live")).status_code == 200  # live all along
+    statuses = [results[n][0] for n in sorted(results)]
+    ids = [results[n][1] for n in sorted(results)]
     assert statuses[0] == 404
     assert 503 in statuses  # failed closed while the sink failed
     assert statuses[-1] == 404  # and served again once it recovered

@@ -206,3 +206,19 @@ async def test_store_down_the_spool_absorbs_to_its_bound_then_ships_everything_o
     assert await blob_sink.ship() == 1
     replicas = await stored(url, pki.ca_cert, tmp_path / "store")
     assert [r["seq"] for r in records_of(replicas[blob_sink.replica])] == list(range(1, seq + 1))
+
+
+async def test_the_shipper_and_the_shutdown_flush_shipping_at_once_store_each_record_once(
+    audit_container: str, pki: CertPaths, tmp_path: Path, shipping: list[BlobSink]
+) -> None:
+    """Before: both read the same chunk, both appended at one position, the second took the
+    first's landing for its own and counted the blob's length twice; every later append
+    then failed its position check and the rest of the trail never reached the store."""
+    blob_sink = sink(audit_container, pki.ca_cert, tmp_path / "spool")
+    shipping.append(blob_sink)
+    await blob_sink.start()
+    for start in range(1, 400, 40):
+        blob_sink.write(lines(40, start=start))
+        await asyncio.gather(blob_sink.ship(), blob_sink.ship(), blob_sink.flush(5))
+    replicas = await stored(audit_container, pki.ca_cert, tmp_path / "store")
+    assert [r["seq"] for r in records_of(replicas[blob_sink.replica])] == list(range(1, 401))
