@@ -13,6 +13,7 @@
      ├── UnsupportedMediaType   415  unsupported_media_type
      ├── InvalidRequest         422  invalid_request
      ├── RateLimited            429  rate_limited      (Retry-After, RateLimit-Policy, RateLimit)
+     ├── HeadersTooLarge        431  headers_too_large
      ├── BadUpstream            502  bad_upstream
      ├── Unavailable            503  unavailable
      │    ├── UpstreamUnavailable 503 upstream_unavailable
@@ -102,6 +103,11 @@ class PayloadTooLarge(GatewayError):
 class UnsupportedMediaType(GatewayError):
     status, code = 415, "unsupported_media_type"
     default_message = "the body must be application/json"
+
+
+class HeadersTooLarge(GatewayError):
+    status, code = 431, "headers_too_large"
+    default_message = "the request's header section is too large"
 
 
 class InvalidRequest(GatewayError):

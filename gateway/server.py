@@ -10,6 +10,7 @@ from gateway import metrics
 from gateway.service import build_gateway
 from gateway.settings import GatewaySettings
 from gateway.web.app import create_app
+from gateway.web.protocol_errors import protocol_error_answers
 from serving import logs, server, tls
 
 # After SIGTERM: requests in flight may take this long to finish (k8s: the pod's
@@ -44,6 +45,8 @@ async def _serve(settings: GatewaySettings) -> None:
     config = hypercorn_config(settings)
     gw = build_gateway(settings)
     app = create_app(gw)
+    # Requests Hypercorn cannot parse are answered, limited and recorded like the rest.
+    config.protocol_error_hook = protocol_error_answers(gw.request_path())  # type: ignore[attr-defined]
 
     async def metrics_listener() -> Callable[[], Awaitable[None]] | None:
         if not settings.metrics_port:

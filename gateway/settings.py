@@ -42,6 +42,8 @@ class GatewaySettings(BaseSettings):
     max_header_bytes: int = Field(default=16 * KIB, ge=1 * KIB)
     max_body_bytes: int = Field(default=1 * MIB, ge=1)
     max_response_bytes: int = Field(default=8 * MIB, ge=1)
+    # Answers being received from every scorer together (the pod's limit is 512 MiB).
+    upstream_buffer_bytes: int = Field(default=128 * MIB, ge=1 * MIB)
     trusted_proxy_hops: int = Field(default=0, ge=0, le=5)
 
     # TLS to the scorers (routes with https:// URLs): the CA that signs their certificates,

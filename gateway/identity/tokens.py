@@ -83,9 +83,33 @@ def load_public_key(pem: str) -> Any:
     return serialization.load_pem_public_key(pem.encode("ascii"))
 
 
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _b64url(segment: str) -> bytes:
+    """One part of a compact JWS, decoded as RFC 7515 §2 defines BASE64URL: the URL-safe
+    alphabet only, no padding, no whitespace, and (RFC 4648 §3.5) canonical, i.e. no
+    unused bits set. Python's decoder accepts all of those (it even drops characters it
+    does not know); a token that relies on them is not a JWS."""
+    if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
+        raise ValueError("not base64url")
+    data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") != segment:
+        raise ValueError("non-canonical base64url")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 §6)")
+
+
 def _b64json(segment: str) -> Any:
-    padded = segment + "=" * (-len(segment) % 4)
-    raw = base64.urlsafe_b64decode(padded.encode("ascii"))
+    """A JSON object as RFC 7515 §4 and RFC 7519 §7.2 allow: UTF-8 without a byte order
+    mark (RFC 8259 §8.1), unique member names (RFC 7515 §5.2), no NaN or Infinity. A
+    deeply nested value is refused, not a RecursionError (a 500) in the JSON parser."""
+    text = _b64url(segment).decode("utf-8")
+    if text.startswith("\ufeff"):
+        raise ValueError("byte order mark")
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         keys = [k for k, _ in pairs]
@@ -93,7 +117,10 @@ def _b64json(segment: str) -> Any:
             raise ValueError("duplicate member")
         return dict(pairs)
 
-    return json.loads(raw, object_pairs_hook=no_duplicates)
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _is_number(value: Any) -> bool:
@@ -146,9 +173,14 @@ class JWTValidator:
         try:
             header = _b64json(segments[0])
             claims = _b64json(segments[1])
+            if segments[2]:  # the signature (empty: alg "none", refused below by name)
+                _b64url(segments[2])  # PyJWT decodes it as leniently as the rest
         except (ValueError, UnicodeDecodeError):
             raise Unauthenticated(reason="jwt_malformed") from None
         if not isinstance(header, dict) or not isinstance(claims, dict):
+            raise Unauthenticated(reason="jwt_malformed")
+        if header.get("b64", True) is not True:
+            # RFC 7797 unencoded payloads: not something an issuer of ours sends.
             raise Unauthenticated(reason="jwt_malformed")
         if "crit" in header:
             raise Unauthenticated(reason="jwt_crit_unsupported")

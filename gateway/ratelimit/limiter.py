@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +96,10 @@ class Limiter:
         self._overrides: dict[tuple[str, str | None], _Rule] = {}
         # Addresses this replica saw fail authentication, and until when that may still
         # count (a sliding window carries the previous window's count: twice the longest).
-        self._failed_until: dict[str, float] = {}
+        # Capped like the counters (OrderedDict: oldest first, so the ones closest to expiry
+        # go first): a flood of distinct failing addresses costs bounded memory.
+        self._failed_until: OrderedDict[str, float] = OrderedDict()
+        self._failed_cap = memory_max_keys or DEFAULT_MEMORY_MAX_KEYS
         self._failed_span_s = (
             2 * max((i.get_expiry() for i in self._failed.items), default=0) if self._failed else 0
         )
@@ -157,7 +162,7 @@ class Limiter:
                     if isinstance(exc, ConnectionError) or "Connection" in type(exc).__name__:
                         # Pooled connections may all predate a Redis restart: drop them and
                         # retry on a fresh one before declaring the storage down.
-                        self._disconnect()
+                        await self._disconnect()
                     if attempt == 2:
                         self._enter_degraded(exc)
         if self.on_failure == "closed":
@@ -197,7 +202,7 @@ class Limiter:
                 async with asyncio.timeout(STORAGE_TIMEOUT_S):
                     if await self._shared.check():
                         log.warning("rate-limit storage is back; shared limits apply again")
-                        self._disconnect()  # start the shared counts on fresh connections
+                        await self._disconnect()  # the shared counts on fresh connections
                         self.degraded = False
 
     async def close(self) -> None:
@@ -205,14 +210,18 @@ class Limiter:
             self._recheck_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recheck_task
-        self._disconnect()
+        await self._disconnect()
 
-    def _disconnect(self) -> None:
+    async def _disconnect(self) -> None:
         # `limits` storages have no close(); the Redis client's pool is where sockets live.
+        # coredis 5 disconnects synchronously, redis-py's asyncio pool (and coredis before
+        # 5) returns a coroutine: awaited, or it would do nothing.
         client = getattr(getattr(self._shared, "bridge", None), "storage", None)
         pool = getattr(client, "connection_pool", None)
         if pool is not None:
-            pool.disconnect()
+            done = pool.disconnect()
+            if inspect.isawaitable(done):
+                await done
 
     @property
     def evicted(self) -> int:
@@ -253,8 +262,12 @@ class Limiter:
         address = address_key(address)
         now = time.monotonic()
         self._failed_until[address] = now + self._failed_span_s
-        if now - self._failed_pruned > _PRUNE_S:  # bounded like the counters themselves
-            self._failed_until = {a: t for a, t in self._failed_until.items() if t > now}
+        self._failed_until.move_to_end(address)
+        while len(self._failed_until) > self._failed_cap:
+            self._failed_until.popitem(last=False)
+        if now - self._failed_pruned > _PRUNE_S:  # expired ones go, whatever the count
+            while self._failed_until and next(iter(self._failed_until.values())) <= now:
+                self._failed_until.popitem(last=False)
             self._failed_pruned = now
         for item in failed.items:
             await self._call(failed, "hit", item, ("failed", address), 1)

@@ -29,6 +29,7 @@ from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.hazmat.http1_pool import (
     Answer,
     AnswerTooLarge,
+    BufferBudget,
     ConnectFailed,
     UpstreamError,
     UpstreamPool,
@@ -42,9 +43,18 @@ _MESSAGE_LIMIT = 300
 
 
 class Forwarder:
-    def __init__(self, *, max_response_bytes: int, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_response_bytes: int,
+        tls: ssl.SSLContext | None = None,
+        buffer_bytes: int = 128 * 1024 * 1024,
+    ) -> None:
         self._max = max_response_bytes
         self._tls = tls
+        # Answers being received, from every scorer together, fit in this (the pod's
+        # memory limit is 512 MiB): past it an answer is refused, never buffered.
+        self._budget = BufferBudget(buffer_bytes)
         self._pools: dict[str, UpstreamPool] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
 
@@ -68,6 +78,7 @@ class Forwarder:
                 max_body=self._max,
                 # https:// scorers: our context (CA, client certificate), else system trust.
                 tls=self._tls,
+                budget=self._budget,
             )
             self._pools[route.upstream_name] = pool
         return pool

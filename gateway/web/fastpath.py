@@ -18,11 +18,20 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterable
+from typing import cast
 from urllib.parse import parse_qsl
 
-from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    Scope,
+    WebsocketCloseEvent,
+    WebsocketResponseBodyEvent,
+    WebsocketResponseStartEvent,
+)
 
-from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout
+from gateway.errors import GatewayError, NotFound, PayloadTooLarge, RequestTimeout
 from gateway.steps.envelope import Kind
 from gateway.steps.exchange import Exchange, Head
 from gateway.steps.path import RequestPath
@@ -48,7 +57,7 @@ def read_head(scope: Scope, endpoint: str) -> Head:
     """The head the steps read, from the ASGI scope in one pass over its headers (names
     arrive lowercased from h11 and h2; the first of repeated single-valued headers counts,
     as Werkzeug's ``Headers.get`` has it)."""
-    assert scope["type"] == "http"  # noqa: S101 - dispatched on it
+    assert scope["type"] in ("http", "websocket")  # noqa: S101 - dispatched on it
     found: dict[bytes, str] = {}
     forwarded: list[str] = []
     raw: Iterable[tuple[bytes, bytes]] = scope["headers"]
@@ -60,7 +69,7 @@ def read_head(scope: Scope, endpoint: str) -> Head:
     query = scope["query_string"]
     client = scope.get("client")
     return Head(
-        method="POST",
+        method="POST" if scope["type"] == "http" else "GET",
         path=scope["path"],
         endpoint=endpoint,
         peer=client[0] if client else None,
@@ -89,6 +98,9 @@ class ScoringPath:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
+        if scope["type"] == "websocket":
+            await self._refuse_websocket(scope, receive, send)
+            return
         matched = match_post(scope, _ROUTES)
         if matched is not None:
             (endpoint, kind, upstream_path), model = matched
@@ -178,6 +190,53 @@ class ScoringPath:
             raise RequestTimeout(reason="body_timeout") from None
         ex.bytes_in = len(body)
         return body
+
+    async def _refuse_websocket(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        """No endpoint speaks WebSocket: an upgrade request is a request like any other
+        (the audit-closed check, the per-address limit, a record) refused with our JSON
+        error and security headers, never passed to a framework whose request hooks it
+        would skip. Sent as an HTTP answer to the handshake (RFC 6455 §4.2.2; the ASGI
+        extension websocket.http.response, which Hypercorn implements)."""
+        head = read_head(scope, "websocket")
+        ex = self._path.open(head)
+        try:
+            await self._path.screen(ex, head)
+            raise NotFound("no WebSocket endpoint here", reason="websocket_refused")
+        except GatewayError as exc:
+            status = exc.status
+            body, extra = self._path.error_payload(ex, exc)
+        except BaseException:
+            self._path.abandoned(ex)
+            raise
+        headers = [
+            *self._security,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", ex.request_id.encode()),
+            *((k.lower().encode(), v.encode()) for k, v in extra.items()),
+        ]
+        await self._path.audit(ex, status, len(body))
+        if (await receive())["type"] != "websocket.connect":
+            return  # the client left before its handshake was read
+        extensions = cast(dict[str, object], scope.get("extensions") or {})
+        if "websocket.http.response" in extensions:
+            start: WebsocketResponseStartEvent = {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": headers,
+            }
+            await send(start)
+            content: WebsocketResponseBodyEvent = {
+                "type": "websocket.http.response.body",
+                "body": body,
+                "more_body": False,
+            }
+            await send(content)
+        else:  # pragma: no cover - a server without the extension answers 403 itself
+            close: WebsocketCloseEvent = {"type": "websocket.close", "code": 1008, "reason": None}
+            await send(close)
 
     async def _refuse(
         self, ex: Exchange, exc: GatewayError, head: Head, receive: ASGIReceiveCallable

@@ -1,8 +1,9 @@
 """HAZMAT: two classes of Hypercorn replaced, measured under `make bench`.
 
 What it bypasses: Hypercorn's own `H11Protocol._send_h11_event` (how an HTTP/1.1
-response reaches the socket) and `TCPServer._read_data` (how a connection reads under
-its read timeout). Both are private methods; the replacement classes are swapped into
+response reaches the socket), `H11Protocol._send_error_response` (its answer to a request
+it cannot parse) and `TCPServer._read_data` (how a connection reads under its read
+timeout). Both are private methods; the replacement classes are swapped into
 `hypercorn.protocol` and `hypercorn.asyncio.run` by `install()`, which only
 `serving.server` calls, once per process, before serving.
 
@@ -15,10 +16,16 @@ admits. Any other version runs unpatched (`install()` logs it and returns False)
    `drain()`; over TLS each is an SSL record and a send(2). We hold a final response's
    head until its first body bytes (or its end), and skip empty writes.
 2. Each read waits under `asyncio.timeout` instead of `asyncio.wait_for`, which on
-   Python 3.11 wraps every read in a task of its own.
+   Python 3.11 wraps every read in a task of its own; and not at all while the
+   application works on a request it has whole. Hypercorn's read timeout otherwise runs
+   on while a slow scorer is awaited, and closes the connection (every HTTP/2 stream on
+   it) instead of the route's timeout answering 504.
+3. A request h11 cannot parse (a malformed request line, a header section over
+   `h11_max_incomplete_size`) is answered by the application's `protocol_error_hook`
+   when the config has one: the gateway's JSON error model, security headers, a record.
 
-Neither changes what is sent or when a connection is closed: the bytes on the wire are
-the same, in the same order, and the read timeout is the same. (One exception: an app
+Apart from 2 and 3, nothing changes what is sent or when a connection is closed: the
+bytes on the wire are the same, in the same order. (One exception: an app
 that fails after starting its answer but before any body sends no head at all, where
 Hypercorn would send the head alone; the client sees the connection close either way.)
 """
@@ -35,7 +42,11 @@ import hypercorn.asyncio.run
 import hypercorn.protocol
 from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+
+from serving.hooks import ProtocolErrorHook
 
 log = logging.getLogger("gateway.transport")
 PATCHED_VERSIONS = frozenset({"0.18.0"})
@@ -62,20 +73,59 @@ class CoalescingH11Protocol(H11Protocol):
         if data:
             await self.send(RawData(data=data))
 
+    async def _send_error_response(self, status_code: int) -> None:
+        """A request h11 could not parse: the application's answer when it gives one
+        (its error model and headers, audited), else Hypercorn's empty one."""
+        hook: ProtocolErrorHook | None = getattr(self.config, "protocol_error_hook", None)
+        if hook is None:
+            await super()._send_error_response(status_code)
+            return
+        peer = self.client[0] if self.client else None
+        status, headers, body = await hook(peer, status_code)
+        framing = [(b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+        response_headers = [*framing, *headers, *self.config.response_headers("h11")]
+        await self._send_h11_event(h11.Response(status_code=status, headers=response_headers))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
+
 
 class TimeoutReadTCPServer(TCPServer):
     """Hypercorn's connection loop, reading under `asyncio.timeout` (no task per read)."""
 
     async def _read_data(self) -> None:
         while not self.reader.at_eof():
+            # The read timeout is for the client's bytes: while the application works on a
+            # request it has whole, waiting for the client is no stall (a slow scorer is
+            # the route's timeout to judge: 504, counted by its breaker).
+            timeout = None if _application_working(self.protocol) else self.config.read_timeout
             try:
-                async with asyncio.timeout(self.config.read_timeout):
+                async with asyncio.timeout(timeout):
                     data = await self.reader.read(MAX_RECV)
             except (ConnectionError, OSError, TimeoutError, SSLError):
                 break
             else:
                 await self.protocol.handle(RawData(data))
         await self.protocol.handle(Closed())
+
+
+def _application_working(wrapper: object) -> bool:
+    """Whether a request has arrived whole and the application has not begun its answer
+    (HTTP/1.1), or some HTTP/2 stream awaits its answer (its body's pace is bounded by
+    the application's own body timeout)."""
+    protocol = getattr(wrapper, "protocol", None)
+    if isinstance(protocol, H11Protocol):
+        stream = protocol.stream
+        return (
+            isinstance(stream, HTTPStream)
+            and stream.state is ASGIHTTPState.REQUEST
+            and protocol.connection.their_state is h11.DONE
+        )
+    if isinstance(protocol, H2Protocol):
+        return any(
+            isinstance(stream, HTTPStream) and stream.state is ASGIHTTPState.REQUEST
+            for stream in protocol.streams.values()
+        )
+    return False
 
 
 def install() -> bool:

@@ -52,6 +52,9 @@ _HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _VALUE = re.compile(r"[\x20-\x7e]*")
 
 
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class UpstreamError(Exception):
     """The exchange with the scorer failed; subclasses say how."""
 
@@ -72,6 +75,25 @@ class _ClosedBeforeAnswer(ProtocolFailed):
     """The connection closed before any byte of the answer arrived."""
 
 
+class BufferBudget:
+    """Bytes of answers being received, across every connection that shares it: a broken
+    or compromised scorer filling many connections at once cannot hold more than this
+    (64 connections x 8 MiB would be the gateway pod's whole memory limit)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used -= size
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: int
@@ -82,9 +104,12 @@ class Answer:
 class _Connection(asyncio.Protocol):
     """One connection: one exchange at a time, the answer parsed as its bytes arrive."""
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, max_body: int, budget: BufferBudget | None = None) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._max_body = max_body
+        self._budget = budget or BufferBudget(1 << 62)
+        # Everything an answer may be: its head, its body, chunk framing, trailers.
+        self._max_answer = 2 * (MAX_HEAD_BYTES + max_body)
         self._transport: asyncio.Transport | None = None
         self._answer: asyncio.Future[Answer] | None = None
         self._received = 0  # bytes of the current answer so far
@@ -115,13 +140,20 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self._received += len(data)
-        if not self._head_done and self._received > MAX_HEAD_BYTES:
-            self._fail(ProtocolFailed("the answer's head is too large"))
+        if self._received > self._max_answer:
+            # Past the body: endless chunk framing or trailers, which the parser would
+            # otherwise take for as long as the scorer sends them.
+            self._fail(AnswerTooLarge("the answer (framing and trailers) is too large"))
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
             self._fail(ProtocolFailed("the answer is not valid HTTP/1.1"))
+            return
+        # After the bytes are parsed: one read may hold a whole small head and a large
+        # piece of body, which is no reason to refuse it.
+        if not self._head_done and self._received > MAX_HEAD_BYTES:
+            self._fail(ProtocolFailed("the answer's head is too large"))
 
     # -- httptools callbacks -------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -131,10 +163,13 @@ class _Connection(asyncio.Protocol):
             return
         self._head_done = False
         self._content_type = b""
+        self._release()
         self._chunks = []
         self._size = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:
+            return  # a trailer: nothing of it is used, and it never changes the head's
         lowered = name.lower()
         if lowered == b"content-type":
             self._content_type = value
@@ -145,11 +180,20 @@ class _Connection(asyncio.Protocol):
         self._head_done = True
 
     def on_body(self, body: bytes) -> None:
-        self._size += len(body)
-        if self._size > self._max_body:
+        if self._answer is None or self._answer.done():
+            return  # failed already: the rest of this read is dropped, not counted
+        if self._size + len(body) > self._max_body:
             self._fail(AnswerTooLarge("body over the limit"))
+        elif not self._budget.take(len(body)):
+            self._fail(AnswerTooLarge("the gateway's buffer budget for answers is spent"))
         else:
+            self._size += len(body)
             self._chunks.append(body)
+
+    def _release(self) -> None:
+        """Give the answer's bytes back to the budget (they go to the caller, or away)."""
+        self._budget.give(self._size)
+        self._size = 0
 
     def on_message_complete(self) -> None:
         answer = self._answer
@@ -160,7 +204,10 @@ class _Connection(asyncio.Protocol):
             self.usable = False
             self.close()
         content_type = self._content_type.split(b";", 1)[0].strip().lower()
-        answer.set_result(Answer(status, content_type.decode("latin-1"), b"".join(self._chunks)))
+        body = b"".join(self._chunks)
+        self._chunks = []
+        self._release()
+        answer.set_result(Answer(status, content_type.decode("latin-1"), body))
 
     # -- used by the pool ----------------------------------------------------------
     def send(self, data: bytes) -> asyncio.Future[Answer]:
@@ -172,6 +219,8 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, exc: UpstreamError) -> None:
         self.usable = False
+        self._chunks = []
+        self._release()
         answer = self._answer
         if answer is not None and not answer.done():
             answer.set_exception(exc)
@@ -199,6 +248,7 @@ class UpstreamPool:
         max_connections: int,
         max_body: int,
         tls: ssl.SSLContext | None = None,
+        budget: BufferBudget | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -209,6 +259,7 @@ class UpstreamPool:
         self._prefix = parts.path.rstrip("/")
         self._host_header = f"host: {parts.netloc.rpartition('@')[2]}\r\n"
         self._max_body = max_body
+        self._budget = budget
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Connection] = []
 
@@ -216,7 +267,7 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         try:
             _, connection = await loop.create_connection(
-                lambda: _Connection(self._max_body),
+                lambda: _Connection(self._max_body, self._budget),
                 self._host,
                 self._port,
                 ssl=self._tls,
@@ -276,8 +327,12 @@ class UpstreamPool:
                 try:
                     answer = await connection.send(data)
                 except _ClosedBeforeAnswer:
-                    if reused and attempt == 1:
-                        continue  # closed while idle: the scorer never saw this request
+                    # RFC 9110 §9.2.2: only an idempotent request is sent again. A close
+                    # after our request was written reads the same whether the connection
+                    # had gone stale or the request killed the scorer; a POST is never
+                    # re-sent, so one poison request cannot take down a second scorer.
+                    if reused and attempt == 1 and method in _IDEMPOTENT:
+                        continue
                     raise
                 except BaseException:
                     connection.abort()  # interrupted: an answer may still be on its way

@@ -349,3 +349,40 @@ async def test_jwt_principals_are_counted_per_issuer_and_subject(
         await limiter.check_principal(who, "iris", 2)
     with pytest.raises(RateLimited):
         await limiter.check_principal(token_a, "iris", 1)
+
+
+async def test_the_failed_authentication_block_map_is_capped_like_the_counters() -> None:
+    """Before: one entry per failing address for twice the longest window (two hours with
+    the shipped policy), however many addresses: memory grew with the flood."""
+    limits = policy(failed_auth_per_address="5/hour")
+    limiter = Limiter(limits, "memory://", "closed", memory_max_keys=1_000)
+    try:
+        for i in range(5_000):
+            await limiter.failed_authentication(f"198.18.{i // 250}.{i % 250}")
+        assert len(limiter._failed_until) <= 1_000
+        # The newest stay: an address failing right now is still counted and blocked.
+        for _ in range(5):
+            await limiter.failed_authentication("203.0.113.9")
+        with pytest.raises(RateLimited):
+            await limiter.check_address("203.0.113.9")
+    finally:
+        await limiter.close()
+
+
+async def test_reconnecting_to_a_restarted_redis_leaves_no_coroutine_unawaited(
+    own_redis: RedisServer, recwarn: pytest.WarningsRecorder
+) -> None:
+    limiter = Limiter(policy(per_principal="1000/minute"), own_redis.uri, "memory")
+    who = principal()
+    try:
+        await limiter.check_principal(who, "iris", 1)
+        own_redis.stop()
+        own_redis.start()  # same port: pooled connections all predate it
+        await limiter.check_principal(who, "iris", 1)
+        assert limiter.state == "shared"
+    finally:
+        await limiter.close()
+    import gc
+
+    gc.collect()
+    assert not [w for w in recwarn if "was never awaited" in str(w.message)]

@@ -13,6 +13,7 @@ import pytest
 from gateway.upstream.hazmat.http1_pool import (
     MAX_HEAD_BYTES,
     AnswerTooLarge,
+    BufferBudget,
     ConnectFailed,
     ProtocolFailed,
     UpstreamPool,
@@ -129,6 +130,44 @@ async def test_a_connection_the_scorer_closed_while_idle_is_retried_once(
     assert (await exchange(pool)).status == 200  # type: ignore[attr-defined]
     assert server.connections == 2
     assert len(server.requests) == 2  # the retried request reached the scorer once
+
+
+async def crashes_on_the_second_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: RawServer
+) -> None:
+    """A scorer that answers, then dies on the next request it reads (a crash, an OOM
+    kill): the connection closes without an answer, after the request arrived."""
+    while await read_request(reader, state) is not None:
+        if len(state.requests) == 2:
+            return
+        writer.write(OK)
+        await writer.drain()
+
+
+async def test_a_post_the_scorer_closed_on_is_never_sent_again(server: RawServer) -> None:
+    """RFC 9110 §9.2.2: a POST is not retried unless it provably never left. A close
+    after the request was written looks the same whether the connection was stale or the
+    request killed the scorer; re-sending it would let one poison request take down a
+    second scorer (before: it was sent again, on a new connection)."""
+    server.handler = crashes_on_the_second_request
+    pool = pool_for(server)
+    await exchange(pool)
+    with pytest.raises(ProtocolFailed):
+        await exchange(pool)
+    assert len(server.requests) == 2  # the poison request reached one scorer, once
+    pool.close()
+
+
+async def test_a_get_on_a_connection_that_closed_under_it_is_retried_once(
+    server: RawServer,
+) -> None:
+    """An idempotent request may be sent again (RFC 9110 §9.2.2)."""
+    server.handler = crashes_on_the_second_request
+    pool = pool_for(server)
+    await exchange(pool, body=None)
+    assert (await exchange(pool, body=None)).status == 200  # type: ignore[attr-defined]
+    assert len(server.requests) == 3
+    pool.close()
 
 
 async def test_connect_refused_is_connect_failed() -> None:
@@ -282,3 +321,77 @@ async def test_request_splitting_is_refused_before_anything_is_sent(
     with pytest.raises(ValueError, match="unsafe"):
         await pool.exchange("GET", path, headers, None, connect_timeout_s=1.0)
     assert server.connections == 0
+
+
+async def endless_trailers(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: RawServer
+) -> None:
+    """A chunked answer whose body ends, then a trailer that never does."""
+    if await read_request(reader, state) is None:
+        return
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n"
+        b"\r\n2\r\n{}\r\n0\r\nx-trailer: "
+    )
+    while True:
+        writer.write(b"a" * 65536)
+        await writer.drain()  # keeps sending until the client gives up
+
+
+async def test_endless_trailers_are_cut_at_the_answer_bound(server: RawServer) -> None:
+    """Before: once the head was complete nothing bounded what followed the body; the
+    parser took trailer bytes (buffering the value) for as long as the scorer sent them."""
+    server.handler = endless_trailers
+    pool = pool_for(server, max_body=1024)
+    with pytest.raises(AnswerTooLarge):
+        async with asyncio.timeout(5):
+            await exchange(pool)
+    pool.close()
+
+
+async def slow_big_answers(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: RawServer
+) -> None:
+    """600 KiB bodies, sent in pieces with pauses: many answers are half-received at once."""
+    while await read_request(reader, state) is not None:
+        size = 600 * 1024
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            + f"content-length: {size}\r\n\r\n".encode()
+        )
+        for _ in range(6):
+            writer.write(b"1" * (size // 6))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+
+async def test_answers_in_flight_share_one_buffer_budget(server: RawServer) -> None:
+    """A scorer filling many connections at once holds at most the budget of the gateway's
+    memory (before: each connection up to the body limit, 64 x 8 MiB per upstream)."""
+    server.handler = slow_big_answers
+    budget = BufferBudget(1024 * 1024)
+    pool = UpstreamPool(server.url, max_connections=8, max_body=1024 * 1024, budget=budget)
+    results = await asyncio.gather(*(exchange(pool) for _ in range(6)), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, AnswerTooLarge)]
+    answered = [r for r in results if not isinstance(r, BaseException)]
+    assert refused and answered  # some refused, the budget's worth answered
+    assert len(answered) <= 1  # 2 x 600 KiB is over the 1 MiB budget
+    assert budget.used == 0  # every byte given back, answered or refused
+    pool.close()
+
+
+async def test_a_large_answer_arriving_in_one_read_is_not_taken_for_a_large_head(
+    server: RawServer,
+) -> None:
+    """Before: the head's size was checked before the read was parsed, so a small head and
+    more than 64 KiB of body in one read (loopback, a fast scorer) was refused as 502."""
+    body = b"[" + b"1," * 100_000 + b"1]"
+    server.handler = replying(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    pool = pool_for(server, max_body=1024 * 1024)
+    answer = await exchange(pool)
+    assert answer.body == body  # type: ignore[attr-defined]
+    pool.close()

@@ -1,0 +1,107 @@
+"""Every public answer is ours: a WebSocket upgrade gets the JSON error model, the security
+headers and an audit record, like any refused request (before: it skipped the request
+hooks, so no audit, no limit, no headers)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+
+import pytest
+
+from tests.conftest import Stack
+from tests.security.test_tls_http import SECURITY_HEADERS
+
+pytestmark = pytest.mark.e2e
+
+
+def exchange(stack: Stack, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 exchange over TLS, read until the answer's declared length."""
+    host, port = "localhost", int(stack.base_url.rsplit(":", 1)[1])
+    ctx = stack.ssl_context()
+    ctx.set_alpn_protocols(["http/1.1"])
+    with (
+        socket.create_connection((host, port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        tls.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return status, headers, body
+
+
+def upgrade(path: str, **extra: str) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        "Host: localhost",
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{k.replace('_', '-')}: {v}" for k, v in extra.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("path", ["/v2/models/iris/infer", "/v2/health/live", "/anything"])
+def test_a_websocket_upgrade_is_refused_with_our_answer_and_audited(
+    stack: Stack, path: str
+) -> None:
+    status, headers, body = exchange(stack, upgrade(path, api_key=stack.keys.iris))
+    assert status == 404
+    for name, value in SECURITY_HEADERS.items():
+        assert headers.get(name) == value, name
+    error = json.loads(body)["error"]
+    assert error["code"] == "not_found" and error["request_id"] == headers["x-request-id"]
+    record = stack.audit_for(headers["x-request-id"])
+    assert (record["route"], record["reason"], record["status"]) == (
+        "websocket",
+        "websocket_refused",
+        404,
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+        (b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400, "bad_request"),
+        (
+            # More than one read of the server's (64 KiB): h11 enforces its limit on a
+            # head that is still incomplete.
+            b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n",
+            431,
+            "headers_too_large",
+        ),
+    ],
+    ids=["request-line", "header-line", "header-section-too-large"],
+)
+def test_requests_hypercorn_cannot_parse_get_our_answer_and_a_record(
+    stack: Stack, request_bytes: bytes, status: int, code: str
+) -> None:
+    """Before: Hypercorn's own empty answer, without the error model, the security headers
+    or an audit record (and so outside the per-address limit's count)."""
+    got, headers, body = exchange(stack, request_bytes)
+    assert got == status
+    for name, value in SECURITY_HEADERS.items():
+        assert headers.get(name) == value, name
+    assert json.loads(body)["error"]["code"] == code
+    record = stack.audit_for(headers["x-request-id"])
+    assert (record["route"], record["reason"]) == ("protocol_error", f"protocol_error_{status}")
