@@ -13,12 +13,14 @@
      ├── UnsupportedMediaType   415  unsupported_media_type
      ├── InvalidRequest         422  invalid_request
      ├── RateLimited            429  rate_limited      (Retry-After, RateLimit-Policy, RateLimit)
+     ├── TooManyInFlight        429  too_many_in_flight (Retry-After)
      ├── HeadersTooLarge        431  headers_too_large
      ├── BadUpstream            502  bad_upstream
      ├── Unavailable            503  unavailable
      │    ├── UpstreamUnavailable 503 upstream_unavailable
      │    │    └── CircuitOpen      503 upstream_unavailable (Retry-After)
-     │    └── AuditUnavailable    503 audit_unavailable
+     │    ├── AuditUnavailable    503 audit_unavailable
+     │    └── ModelBusy           503 model_busy      (Retry-After)
      ├── UpstreamTimeout        504  upstream_timeout
      └── InternalError          500  internal_error
 
@@ -143,6 +145,21 @@ class BadUpstream(GatewayError):
 
 class Unavailable(GatewayError):
     status, code, default_message = 503, "unavailable", "service unavailable, retry later"
+
+
+class ModelBusy(Unavailable):
+    """The model has as many requests in flight as it may (gateway.ratelimit.bulkhead)."""
+
+    code, default_message = "model_busy", "the model is busy, retry shortly"
+    headers = MappingProxyType({"Retry-After": "1"})
+
+
+class TooManyInFlight(GatewayError):
+    """This caller has as many requests in flight as it may (gateway.ratelimit.bulkhead)."""
+
+    status, code = 429, "too_many_in_flight"
+    default_message = "too many requests in flight, retry when one has been answered"
+    headers = MappingProxyType({"Retry-After": "1"})
 
 
 class UpstreamUnavailable(Unavailable):

@@ -47,6 +47,12 @@ class ModelRoute(BaseModel):
 
     upstream: str
     max_instances: int = Field(default=64, ge=1)
+    # Elements (numbers, or BYTES items) one request may carry; default: max_instances
+    # rows of 1024 (gateway/steps/envelope.py: cost follows work, OWASP API4).
+    max_elements: int | None = Field(default=None, ge=1)
+    # Elements in one row of this model's input (iris: 4; an image model: 1): each v1
+    # instance must be that wide, and a request's cost is the rows its elements fill.
+    row_elements: int | None = Field(default=None, ge=1)
 
 
 class _RoutesFile(BaseModel):
@@ -68,6 +74,8 @@ class Route:
     upstream_name: str
     upstream: Upstream
     max_instances: int
+    max_elements: int = 64 * 1024
+    row_elements: int | None = None
 
 
 class RouteTable:
@@ -86,7 +94,14 @@ class RouteTable:
                 raise PolicyError(
                     f"{path}: model {model!r} names unknown upstream {route.upstream!r}"
                 )
-            routes[model] = Route(model, route.upstream, upstream, route.max_instances)
+            routes[model] = Route(
+                model,
+                route.upstream,
+                upstream,
+                route.max_instances,
+                route.max_elements or route.max_instances * 1024,
+                route.row_elements,
+            )
         return cls(routes)
 
     def resolve(self, model: str) -> Route:

@@ -26,6 +26,7 @@ from gateway.identity.keyring import KeyRing
 from gateway.identity.tokens import JWTValidator
 from gateway.metrics import GatewayMetrics
 from gateway.policy import AccessPolicy, RouteTable
+from gateway.ratelimit.bulkhead import Bulkheads
 from gateway.ratelimit.limiter import Limiter
 from gateway.ratelimit.policy import RateLimitPolicy
 from gateway.ratelimit.storage import StorageCredentials
@@ -55,6 +56,7 @@ class Gateway:
     forwarder: Forwarder
     limiter: Limiter
     audit: AuditTrail
+    bulkheads: Bulkheads = field(default_factory=lambda: Bulkheads(per_model=48, per_principal=32))
     jwks: list[JWKSKeys] = field(default_factory=list)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -70,6 +72,7 @@ class Gateway:
             forwarder=self.forwarder,
             audit=self.audit,
             metrics=self.metrics,
+            bulkheads=self.bulkheads,
         )
 
     async def start(self) -> None:
@@ -255,4 +258,8 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
             ),
         ),
         audit=build_audit(settings),
+        bulkheads=Bulkheads(
+            per_model=settings.max_in_flight_per_model,
+            per_principal=settings.max_in_flight_per_principal,
+        ),
     )

@@ -45,6 +45,11 @@ class GatewaySettings(BaseSettings):
     # Answers being received from every scorer together (the pod's limit is 512 MiB).
     upstream_buffer_bytes: int = Field(default=128 * MIB, ge=1 * MIB)
     trusted_proxy_hops: int = Field(default=0, ge=0, le=5)
+    # Bulkheads (gateway/ratelimit/bulkhead.py): requests being forwarded at one moment,
+    # per model (below an upstream's connections, so its other models keep a share) and
+    # per caller; past either, 503 / 429 at once with Retry-After.
+    max_in_flight_per_model: int = Field(default=48, ge=1)
+    max_in_flight_per_principal: int = Field(default=32, ge=1)
 
     # TLS to the scorers (routes with https:// URLs): the CA that signs their certificates,
     # and the gateway's own client certificate where they require mutual TLS.

@@ -56,6 +56,32 @@ def _batch_checked(array: np.ndarray[Any, Any], spec: TensorSpec, settings: Mode
         raise InvalidInput("input contains NaN or infinite values")
 
 
+def _leaves(value: Any, limit: int) -> int:
+    """Scalars in nested lists, counted without recursion or conversion; stops past limit."""
+    if not isinstance(value, list):
+        return 1
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        items = stack.pop()
+        nested = [i for i in items if isinstance(i, list)]
+        count += len(items) - len(nested)
+        stack.extend(nested)
+    return count
+
+
+def _sized(shape: list[int], data: list[Any], spec: TensorSpec, settings: ModelSettings) -> None:
+    """Refuse by size before converting (OWASP API4): the shape against the model's fixed
+    dimensions, and the data's element count against the shape, so half a million numbers
+    under a one-row shape never reach numpy on the event loop."""
+    for axis, (want, got) in enumerate(zip(spec.shape[1:], shape[1:], strict=False), start=1):
+        if want != -1 and want != got:
+            raise InvalidInput(f"dimension {axis} must be {want}, got {got}")
+    declared = math.prod(shape)
+    carried = _leaves(data, declared)
+    if carried != declared:
+        raise InvalidInput(f"'data' has {carried} elements, 'shape' {shape} needs {declared}")
+
+
 def _to_array(data: Any, datatype: str, spec: TensorSpec) -> np.ndarray[Any, Any]:
     if spec.datatype == "BYTES" or datatype == "BYTES":
         raise InvalidInput("BYTES inputs are not supported by this model")
@@ -124,6 +150,7 @@ def decode_v2(body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
         raise PayloadTooLarge(
             f"batch of {shape[0]} exceeds this model's maximum of {settings.max_batch}"
         )
+    _sized(shape, data, spec, settings)
     array = _to_array(data, datatype, spec)
     if array.size != math.prod(shape):
         raise InvalidInput(
@@ -187,6 +214,12 @@ def decode_v1(body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
         raise PayloadTooLarge(
             f"batch of {len(instances)} exceeds this model's maximum of {settings.max_batch}"
         )
+    row = settings.input.shape[1:]
+    if -1 not in row:  # a fixed row: every instance that wide, checked before converting
+        width = math.prod(row)
+        for instance in instances:
+            if _leaves(instance, width) != width:
+                raise InvalidInput(f"each instance must have {width} elements")
     array = _to_array(instances, settings.input.datatype, settings.input)
     _batch_checked(array, settings.input, settings)
     return array

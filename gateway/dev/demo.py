@@ -132,10 +132,12 @@ timeout_s = 15.0
 [models.iris]
 upstream = "cpu-scorer"
 max_instances = 64
+row_elements = 4
 
 [models.digits]
 upstream = "gpu-scorer"
 max_instances = 64
+row_elements = 1
 """
     )
 

@@ -2,15 +2,24 @@
 
 The gateway owns the public contract (gateway/openapi.yaml): a v1 ``instances`` list, or
 a v2 (Open Inference Protocol) request with typed members and declared shapes. The scorer
-judges the tensors themselves (datatype, data against shape, the model's schema). The
-number of instances a request carries is its cost for rate limiting (OWASP API4).
+judges the tensors themselves (datatype, the model's schema).
+
+Cost follows work (OWASP API4): a request is measured in rows (instances, or the v2
+batch) and in elements (the numbers, or BYTES items, it carries). Every v2 tensor's data
+must hold exactly the product of its shape; the elements are bounded per model
+(``max_elements``) before anything is forwarded, and, where a model declares its row
+width (``row_elements``), every v1 instance must have that width and the rate-limit cost
+is the rows that many elements make: a row 100,000 numbers wide costs like 25,000 rows of
+four. Counting walks the lists without recursion and stops at the bound.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, PayloadTooLarge
 
 Kind = Literal["v1", "v2"]
 _JSON_TYPE_NAMES: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
@@ -49,19 +58,62 @@ def _check_v2_envelope(body: dict[str, Any], inputs: list[dict[str, Any]]) -> No
         _check_members(output, "each output", {"name": str})
 
 
-def count_instances(body: Any, kind: Kind) -> int:
-    """Instances in a v2 or v1 body, after the structural checks the gateway owns."""
+@dataclass(frozen=True)
+class Measure:
+    rows: int  # instances (v1) or the largest batch a v2 input declares
+    elements: int  # numbers (or BYTES items) the request carries, all inputs together
+
+
+def _leaves(value: Any, limit: int) -> int:
+    """Scalars in nested lists, counted without recursion; stops past ``limit``."""
+    if not isinstance(value, list):
+        return 1
+    count = 0
+    stack = [value]
+    while stack:
+        items = stack.pop()
+        if not items or not isinstance(items[0], list):
+            flat = [i for i in items if isinstance(i, list)]  # ragged: the scorer refuses it
+            count += len(items) - len(flat)
+            stack.extend(flat)
+        else:
+            stack.extend(items)
+        if count > limit:
+            return count
+    return count
+
+
+def _too_many(elements: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"at most {limit} elements per request for this model, got {elements}",
+        reason="too_many_elements",
+    )
+
+
+def measure(body: Any, kind: Kind, *, max_elements: int, row_elements: int | None) -> Measure:
+    """Rows and elements of a v2 or v1 body, after the structural checks the gateway owns."""
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object", reason="body_not_object")
     if kind == "v1":
         instances = body.get("instances")
         if not isinstance(instances, list) or not instances:
             raise InvalidRequest("'instances' must be a non-empty list", reason="body_invalid")
-        return len(instances)
+        elements = 0
+        for instance in instances:
+            width = _leaves(instance, max_elements)
+            if row_elements is not None and width != row_elements:
+                raise InvalidRequest(
+                    f"each instance of this model has {row_elements} elements, one has {width}",
+                    reason="instance_width",
+                )
+            elements += width
+            if elements > max_elements:
+                raise _too_many(elements, max_elements)
+        return Measure(len(instances), elements)
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
         raise InvalidRequest("'inputs' must be a non-empty list of tensors", reason="body_invalid")
-    batch = 0
+    batch = elements = 0
     for tensor in inputs:
         shape = tensor.get("shape")
         if (
@@ -69,13 +121,32 @@ def count_instances(body: Any, kind: Kind) -> int:
             or not shape
             or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
             or shape[0] < 1
+            or any(d < 0 for d in shape)
         ):
             raise InvalidRequest(
-                "each input needs a 'shape' of integers with a batch of at least 1",
+                "each input needs a 'shape' of non-negative integers with a batch of at least 1",
                 reason="body_invalid",
             )
         batch = max(batch, shape[0])
+        declared = math.prod(shape)
+        if elements + declared > max_elements:
+            raise _too_many(elements + declared, max_elements)
+        data = tensor.get("data")
+        if isinstance(data, list):
+            carried = _leaves(data, declared)
+            if carried != declared:
+                raise InvalidRequest(
+                    f"'data' carries {carried} elements, 'shape' {shape} declares {declared}",
+                    reason="data_shape_mismatch",
+                )
+        elements += declared
     _check_v2_envelope(body, inputs)
-    # The cost is the largest batch any input declares; the scorer checks the data
-    # against the shapes, so a request cannot carry more than it is charged for.
-    return batch
+    return Measure(batch, elements)
+
+
+def cost(measured: Measure, row_elements: int | None) -> int:
+    """Rows, the unit of the rate-limit policies; a row wider than the model's declared
+    width costs the rows its elements would fill."""
+    if row_elements is None:
+        return measured.rows
+    return max(measured.rows, math.ceil(measured.elements / row_elements))

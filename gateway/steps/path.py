@@ -37,10 +37,12 @@ from gateway.errors import (
 from gateway.identity.credentials import Authenticator
 from gateway.metrics import GatewayMetrics
 from gateway.policy import AccessPolicy, Route, RouteTable
+from gateway.ratelimit.addresses import rate_key
+from gateway.ratelimit.bulkhead import Bulkheads
 from gateway.ratelimit.limiter import Limiter
 from gateway.settings import GatewaySettings
 from gateway.steps import context
-from gateway.steps.envelope import Kind, count_instances
+from gateway.steps.envelope import Kind, cost, measure
 from gateway.steps.exchange import Exchange, Head
 from gateway.upstream.forwarder import Answer, Forwarder
 
@@ -64,6 +66,7 @@ class RequestPath:
         forwarder: Forwarder,
         audit: AuditTrail,
         metrics: GatewayMetrics,
+        bulkheads: Bulkheads,
     ) -> None:
         self.settings = settings
         self._authenticator = authenticator
@@ -73,6 +76,7 @@ class RequestPath:
         self._forwarder = forwarder
         self._audit = audit
         self._metrics = metrics
+        self._bulkheads = bulkheads
 
     def open(self, head: Head) -> Exchange:
         """The request's state, before any check: nothing here can fail."""
@@ -147,20 +151,25 @@ class RequestPath:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise InvalidRequest("the body is not valid JSON", reason="body_not_json") from None
-        instances = count_instances(parsed, kind)
-        ex.instances = instances
-        if instances > route.max_instances:
+        measured = measure(
+            parsed, kind, max_elements=route.max_elements, row_elements=route.row_elements
+        )
+        ex.instances = measured.rows
+        if measured.rows > route.max_instances:
             raise PayloadTooLarge(
                 f"at most {route.max_instances} instances per request", reason="too_many_instances"
             )
-        # Cost of a request = the instances it carries (OWASP API4).
-        await self.count(ex, route, instances)
+        # Cost follows work (OWASP API4): rows, or the rows its elements fill.
+        await self.count(ex, route, cost(measured, route.row_elements))
 
     async def forward(
         self, ex: Exchange, route: Route, method: str, upstream_path: str, body: bytes | None
     ) -> Answer:
-        """The scorer's answer (`gateway.upstream.forwarder` holds the forwarding rules)."""
-        return await self._forwarder.send(route, method, upstream_path, body, ex.request_id)
+        """The scorer's answer (`gateway.upstream.forwarder` holds the forwarding rules),
+        within this model's and this caller's places in flight (gateway.ratelimit.bulkhead)."""
+        caller = rate_key(ex.principal) if ex.principal is not None else ex.client
+        with self._bulkheads.hold(route.model, caller):
+            return await self._forwarder.send(route, method, upstream_path, body, ex.request_id)
 
     def error_payload(self, ex: Exchange, exc: GatewayError) -> tuple[bytes, dict[str, str]]:
         """The error envelope of gateway/openapi.yaml and the headers its status calls for."""

@@ -60,7 +60,8 @@ def test_v1_instances_decode() -> None:
         (v2([True, False, True, False]), "numbers"),
         (v2([True, 2.5, 3, 4]), "numbers"),
         (v2([[1, 2, 3, False]], [1, 4]), "numbers"),
-        (v2([[1, 2], [3]], [2, 2]), "ragged"),
+        # Ragged with the right count (a wrong count is refused before conversion).
+        (v2([[1, 2, 3], [4, 5, 6, 7, 8]], [2, 4]), "ragged"),
         (v2([1, 2, 3, 4], datatype="BYTES"), "BYTES"),
         (v2([1, 2, 3, 4], datatype="FP99"), "unknown datatype"),
         (v2([1.5, 2, 3, 4], datatype="INT64"), "integer"),
@@ -128,3 +129,54 @@ def test_non_finite_model_output_is_refused_as_input_it_cannot_score() -> None:
     dataplane.check_outputs({"predict": np.array(["a"]), "p": np.array([[0.5, 0.5]])})
     with pytest.raises(InvalidInput, match="not finite"):
         dataplane.check_outputs({"predict_proba": np.array([[np.nan, np.nan]])})
+
+
+@pytest.fixture
+def no_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy conversion fails the test: what is refused must be refused before it."""
+
+    def converted(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("converted before its size was checked")
+
+    monkeypatch.setattr(dataplane.np, "asarray", converted)
+
+
+@pytest.mark.usefixtures("no_conversion")
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        {"shape": [1, 4], "data": [0.0] * 500_000},  # data beyond its shape
+        {"shape": [1, 500_000], "data": [0.0] * 500_000},  # a row wider than the model's
+        {"shape": [2, 4], "data": [[0.0] * 4, [0.0] * 400]},  # nested, one row too wide
+    ],
+    ids=["data-beyond-shape", "row-too-wide", "nested-row-too-wide"],
+)
+def test_v2_tensors_are_refused_by_size_before_they_are_converted(tensor: dict[str, Any]) -> None:
+    """OWASP API4: before, `np.asarray` (and the bool scan) ran over all of `data` on the
+    event loop, about 150 ms per MiB, and only then was the shape compared."""
+    body = {"inputs": [{"name": "x", "datatype": "FP64", **tensor}]}
+    with pytest.raises(InvalidInput):
+        dataplane.decode_v2(body, SETTINGS)
+
+
+@pytest.mark.usefixtures("no_conversion")
+def test_v1_instances_wider_than_the_model_are_refused_before_conversion() -> None:
+    with pytest.raises(InvalidInput, match="4 elements"):
+        dataplane.decode_v1({"instances": [[0.0] * 4, [0.0] * 500_000]}, SETTINGS)
+
+
+async def test_a_large_body_is_converted_off_the_event_loop() -> None:
+    import threading
+
+    from scorer import fastpath
+
+    seen: list[int] = []
+
+    def decode(body: Any, settings: ModelSettings) -> Any:
+        seen.append(threading.get_ident())
+        return np.zeros((1, 4))
+
+    await fastpath._decoded(decode, {}, SETTINGS, 1024)
+    await fastpath._decoded(decode, {}, SETTINGS, fastpath.INLINE_DECODE_BYTES + 1)
+    assert seen[0] == threading.get_ident()  # small: inline, no thread hand-off
+    assert seen[1] != threading.get_ident()  # large: in a worker thread

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 
 import pytest
@@ -45,7 +46,20 @@ def raw(data: bytes) -> str:
     return b64(data)
 
 
-GOOD_HEADER, GOOD_PAYLOAD = seg(HEADER), seg(claims())
+# Valid for ten years: the cases below are built once, at import, and each must be
+# refused by the parser, never because the token expired meanwhile.
+LONG_LIVED = claims(exp=int(time.time()) + 10 * 365 * 86400)
+GOOD_HEADER, GOOD_PAYLOAD = seg(HEADER), seg(LONG_LIVED)
+
+
+# Refused for what the token is, before any claim or signature is judged.
+PARSER_REASONS = {"jwt_malformed", "jwt_alg_rejected"}
+
+
+def refused_by_the_parser(token: str) -> None:
+    with pytest.raises(Unauthenticated) as excinfo:
+        validator().authenticate(token)
+    assert excinfo.value.reason in PARSER_REASONS, excinfo.value.reason
 
 
 def test_the_reference_token_of_this_suite_is_accepted() -> None:
@@ -87,7 +101,7 @@ def trailing_bits_header() -> str:
 
 
 def trailing_bits_payload() -> str:
-    return non_canonical(odd_length(claims()))
+    return non_canonical(odd_length(LONG_LIVED))
 
 
 # (header segment, payload segment) that must be refused, named for the rule.
@@ -95,7 +109,7 @@ ENCODINGS: dict[str, tuple[str, str]] = {
     "padding-in-header": (padded(GOOD_HEADER), GOOD_PAYLOAD),
     "padding-in-payload": (GOOD_HEADER, padded(GOOD_PAYLOAD)),
     "standard-alphabet-header": (standard_alphabet(HEADER), GOOD_PAYLOAD),
-    "standard-alphabet-payload": (GOOD_HEADER, standard_alphabet(claims())),
+    "standard-alphabet-payload": (GOOD_HEADER, standard_alphabet(LONG_LIVED)),
     "space-in-header": (GOOD_HEADER[:5] + " " + GOOD_HEADER[5:], GOOD_PAYLOAD),
     "newline-in-payload": (GOOD_HEADER, GOOD_PAYLOAD[:7] + "\n" + GOOD_PAYLOAD[7:]),
     "illegal-character": (GOOD_HEADER, GOOD_PAYLOAD[:3] + "*" + GOOD_PAYLOAD[3:]),
@@ -106,12 +120,12 @@ ENCODINGS: dict[str, tuple[str, str]] = {
     "empty-payload": (GOOD_HEADER, ""),
 }
 
-PAYLOAD_TEXT = json.dumps(claims())
+PAYLOAD_TEXT = json.dumps(LONG_LIVED)
 HEADER_TEXT = json.dumps(HEADER)
 JSON_CASES: dict[str, tuple[str, str]] = {
     "header-array": (seg([HEADER]), GOOD_PAYLOAD),
     "header-string": (seg("ES256"), GOOD_PAYLOAD),
-    "payload-array": (GOOD_HEADER, seg([claims()])),
+    "payload-array": (GOOD_HEADER, seg([LONG_LIVED])),
     "payload-number": (GOOD_HEADER, seg(7)),
     "payload-null": (GOOD_HEADER, seg(None)),
     "invalid-utf8-payload": (GOOD_HEADER, raw(PAYLOAD_TEXT.encode()[:-1] + b',"x":"\xff"}')),
@@ -125,8 +139,8 @@ JSON_CASES: dict[str, tuple[str, str]] = {
     ),
     "duplicate-member-payload": (GOOD_HEADER, raw(PAYLOAD_TEXT[:-1].encode() + b', "sub": "x"}')),
     "trailing-data-payload": (GOOD_HEADER, raw(PAYLOAD_TEXT.encode() + b" {}")),
-    "deeply-nested-header": (raw(b'{"x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"), GOOD_PAYLOAD),
-    "deeply-nested-payload": (GOOD_HEADER, raw(b'{"x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}")),
+    "deeply-nested-header": (raw(b'{"x": ' + b"[" * 2_000 + b"]" * 2_000 + b"}"), GOOD_PAYLOAD),
+    "deeply-nested-payload": (GOOD_HEADER, raw(b'{"x": ' + b"[" * 2_000 + b"]" * 2_000 + b"}")),
     "b64-false-header": (seg({**HEADER, "b64": False}), GOOD_PAYLOAD),
     "alg-not-a-string": (seg({**HEADER, "alg": ["ES256"]}), GOOD_PAYLOAD),
 }
@@ -134,14 +148,12 @@ JSON_CASES: dict[str, tuple[str, str]] = {
 
 @pytest.mark.parametrize(("header", "payload"), ENCODINGS.values(), ids=ENCODINGS.keys())
 def test_segments_outside_base64url_are_401(header: str, payload: str) -> None:
-    with pytest.raises(Unauthenticated):
-        validator().authenticate(compact(header, payload))
+    refused_by_the_parser(compact(header, payload))
 
 
 @pytest.mark.parametrize(("header", "payload"), JSON_CASES.values(), ids=JSON_CASES.keys())
 def test_header_and_claims_outside_the_json_rules_are_401(header: str, payload: str) -> None:
-    with pytest.raises(Unauthenticated):
-        validator().authenticate(compact(header, payload))
+    refused_by_the_parser(compact(header, payload))
 
 
 SIGNATURES: dict[str, Callable[[bytes], str]] = {

@@ -424,7 +424,7 @@ async def test_unexpected_exception_is_a_generic_500(
     def explode(*args: object) -> None:
         raise RuntimeError("/etc/secret-path leaked detail")
 
-    monkeypatch.setattr(steps_path, "count_instances", explode)
+    monkeypatch.setattr(steps_path, "measure", explode)
     r = await predict(gw, json={"instances": ROWS})
     text = await r.get_data(as_text=True)
     assert r.status_code == 500
