@@ -37,6 +37,9 @@ def hypercorn_config(settings: GatewaySettings) -> Config:
     config.read_timeout = settings.read_timeout_s
     config.h11_max_incomplete_size = settings.max_header_bytes
     config.h2_max_header_list_size = settings.max_header_bytes
+    # Streams one HTTP/2 connection may have open at once (Hypercorn's default is 100): one
+    # connection holds no more than one caller may have in flight (the bulkhead).
+    config.h2_max_concurrent_streams = settings.max_in_flight_per_principal
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
     return config
 

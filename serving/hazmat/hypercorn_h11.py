@@ -1,9 +1,10 @@
-"""HAZMAT: two classes of Hypercorn replaced, measured under `make bench`.
+"""HAZMAT: three classes of Hypercorn replaced, measured under `make bench`.
 
 What it bypasses: Hypercorn's own `H11Protocol._send_h11_event` (how an HTTP/1.1
 response reaches the socket), `H11Protocol._send_error_response` (its answer to a request
-it cannot parse) and `TCPServer._read_data` (how a connection reads under its read
-timeout). Both are private methods; the replacement classes are swapped into
+it cannot parse), `H2Protocol._close_stream` (a stream closed, by the client's reset
+among others) and `TCPServer._read_data` (how a connection reads under its read
+timeout). All are private methods; the replacement classes are swapped into
 `hypercorn.protocol` and `hypercorn.asyncio.run` by `install()`, which only
 `serving.server` calls, once per process, before serving.
 
@@ -23,8 +24,10 @@ admits. Any other version runs unpatched (`install()` logs it and returns False)
 3. A request h11 cannot parse (a malformed request line, a header section over
    `h11_max_incomplete_size`) is answered by the application's `protocol_error_hook`
    when the config has one: the gateway's JSON error model, security headers, a record.
+4. An HTTP/2 connection that resets more than `RESET_BUDGET` streams before their
+   answers within `RESET_WINDOW_S` is closed with GOAWAY (rapid reset, CVE-2023-44487).
 
-Apart from 2 and 3, nothing changes what is sent or when a connection is closed: the
+Apart from 2, 3 and 4, nothing changes what is sent or when a connection is closed: the
 bytes on the wire are the same, in the same order. (One exception: an app
 that fails after starting its answer but before any body sends no head at all, where
 Hypercorn would send the head alone; the client sees the connection close either way.)
@@ -34,9 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from importlib.metadata import version
 from ssl import SSLError
 
+import h2.errors
 import h11
 import hypercorn.asyncio.run
 import hypercorn.protocol
@@ -49,6 +55,10 @@ from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from serving.hooks import ProtocolErrorHook
 
 log = logging.getLogger("gateway.transport")
+# Streams a connection may reset before their answer, in a window (a client cancelling
+# now and then stays far below; a rapid-reset flood passes it within a second).
+RESET_BUDGET = 200
+RESET_WINDOW_S = 10.0
 PATCHED_VERSIONS = frozenset({"0.18.0"})
 _Sendable = h11.Data | h11.EndOfMessage | h11.InformationalResponse | h11.Response
 
@@ -108,6 +118,37 @@ class TimeoutReadTCPServer(TCPServer):
         await self.protocol.handle(Closed())
 
 
+class ResetLimitedH2Protocol(H2Protocol):
+    """Hypercorn's HTTP/2 protocol, closing a connection that resets streams faster than a
+    client cancels requests (CVE-2023-44487, "rapid reset"): each stream reset before its
+    answer started its request's work for nothing. Past ``RESET_BUDGET`` such resets in
+    ``RESET_WINDOW_S`` the connection gets GOAWAY (ENHANCE_YOUR_CALM, RFC 9113 §7) and
+    closes; other connections are not touched."""
+
+    _resets: deque[float] | None = None
+
+    async def _close_stream(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if isinstance(stream, HTTPStream) and stream.state is ASGIHTTPState.REQUEST:
+            # Closed before the application answered: the client reset it.
+            now = time.monotonic()
+            resets = self._resets if self._resets is not None else deque()
+            self._resets = resets
+            resets.append(now)
+            while resets and now - resets[0] > RESET_WINDOW_S:
+                resets.popleft()
+            if len(resets) > RESET_BUDGET:
+                log.warning(
+                    "HTTP/2 connection reset %d streams in %s s: closing it",
+                    len(resets),
+                    RESET_WINDOW_S,
+                )
+                self.connection.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                await self._flush()
+                await self.send(Closed())
+        await super()._close_stream(stream_id)
+
+
 def _application_working(wrapper: object) -> bool:
     """Whether a request has arrived whole and the application has not begun its answer
     (HTTP/1.1), or some HTTP/2 stream awaits its answer (its body's pace is bounded by
@@ -135,5 +176,6 @@ def install() -> bool:
         log.warning("hypercorn %s is not one of %s: serving unpatched", found, PATCHED_VERSIONS)
         return False
     hypercorn.protocol.H11Protocol = CoalescingH11Protocol  # type: ignore[attr-defined]
+    hypercorn.protocol.H2Protocol = ResetLimitedH2Protocol  # type: ignore[attr-defined]
     hypercorn.asyncio.run.TCPServer = TimeoutReadTCPServer  # type: ignore[attr-defined]
     return True

@@ -105,3 +105,67 @@ def test_requests_hypercorn_cannot_parse_get_our_answer_and_a_record(
     assert json.loads(body)["error"]["code"] == code
     record = stack.audit_for(headers["x-request-id"])
     assert (record["route"], record["reason"]) == ("protocol_error", f"protocol_error_{status}")
+
+
+def test_an_http2_rapid_reset_flood_closes_that_connection_and_spares_the_others(
+    stack: Stack,
+) -> None:
+    """CVE-2023-44487: a client opening streams and resetting them at once starts a
+    request's work for each and waits for none. Before: nothing stopped it but the
+    per-address limit. After RESET_BUDGET resets in the window: GOAWAY, connection closed;
+    a well-behaved client is answered meanwhile and the replica stays ready."""
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+    import httpx
+
+    from serving.hazmat.hypercorn_h11 import RESET_BUDGET
+
+    host, port = "localhost", int(stack.base_url.rsplit(":", 1)[1])
+    ctx = stack.ssl_context()
+    ctx.set_alpn_protocols(["h2"])
+    goaway = None
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        tls.sendall(conn.data_to_send())
+        request = [
+            (":method", "POST"),
+            (":path", "/v1/models/iris:predict"),
+            (":scheme", "https"),
+            (":authority", host),
+            ("content-type", "application/json"),
+        ]
+        for _ in range(RESET_BUDGET * 3):
+            stream = conn.get_next_available_stream_id()
+            conn.send_headers(stream, request)
+            conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+            try:
+                tls.sendall(conn.data_to_send())
+            except OSError:
+                break  # closed under us: what this test is for
+        try:
+            while goaway is None:
+                data = tls.recv(65536)
+                if not data:
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        goaway = event
+        except OSError:
+            pass
+    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    with stack.client(http2=True) as client:
+        polite = client.post(
+            "/v1/models/iris:predict",
+            json={"instances": [[5.1, 3.5, 1.4, 0.2]]},
+            headers={"api-key": stack.keys.iris},
+        )
+        assert polite.status_code == 200
+        assert client.get("/v2/health/ready").status_code == 200
+    assert isinstance(polite, httpx.Response)
