@@ -2,11 +2,12 @@
 
 What it bypasses: Hypercorn's own `H11Protocol._send_h11_event` (how an HTTP/1.1
 response reaches the socket), `H11Protocol._send_error_response` (its answer to a request
-it cannot parse), `H2Protocol._close_stream` (a stream closed, by the client's reset
-among others) and `TCPServer._read_data` (how a connection reads under its read
-timeout). All are private methods; the replacement classes are swapped into
-`hypercorn.protocol` and `hypercorn.asyncio.run` by `install()`, which only
-`serving.server` calls, once per process, before serving.
+it cannot parse), `H11Protocol._maybe_recycle` (between two requests of a connection),
+`H2Protocol._close_stream` (a stream closed, by the client's reset among others) and
+`TCPServer._read_data` (how a connection reads under its read timeout). All are private
+methods; the replacement classes are swapped into `hypercorn.protocol` and
+`hypercorn.asyncio.run` by `install()`, which only `serving.server` calls, once per
+process, before serving.
 
 Checked against: Hypercorn 0.18.0 (`PATCHED_VERSIONS`), the one release pyproject.toml
 admits. Any other version runs unpatched (`install()` logs it and returns False), and
@@ -25,7 +26,9 @@ admits. Any other version runs unpatched (`install()` logs it and returns False)
    `h11_max_incomplete_size`) is answered by the application's `protocol_error_hook`
    when the config has one: the gateway's JSON error model, security headers, a record.
 4. An HTTP/2 connection that resets more than `RESET_BUDGET` streams before their
-   answers within `RESET_WINDOW_S` is closed with GOAWAY (rapid reset, CVE-2023-44487).
+   answers within `RESET_WINDOW_S` is closed with GOAWAY (rapid reset, CVE-2023-44487);
+   an HTTP/1.1 connection is closed after `PIPELINE_DEPTH` pipelined answers in a row,
+   and between pipelined requests the loop lets other connections take their turn.
 
 Apart from 2, 3 and 4, nothing changes what is sent or when a connection is closed: the
 bytes on the wire are the same, in the same order. (One exception: an app
@@ -59,6 +62,9 @@ log = logging.getLogger("gateway.transport")
 # now and then stays far below; a rapid-reset flood passes it within a second).
 RESET_BUDGET = 200
 RESET_WINDOW_S = 10.0
+# Requests one HTTP/1.1 connection may have answered in a row while its next request was
+# already waiting (pipelined); then it is closed and the client retries on a new one.
+PIPELINE_DEPTH = 16
 PATCHED_VERSIONS = frozenset({"0.18.0"})
 _Sendable = h11.Data | h11.EndOfMessage | h11.InformationalResponse | h11.Response
 
@@ -82,6 +88,23 @@ class CoalescingH11Protocol(H11Protocol):
             data, self._held = self._held + data, b""
         if data:
             await self.send(RawData(data=data))
+
+    _pipelined = 0  # answers given in a row while the next request was already waiting
+
+    async def _maybe_recycle(self) -> None:
+        """Between two requests of a connection: past PIPELINE_DEPTH pipelined answers in a
+        row the connection is closed (RFC 9112 §9.3.2), and between pipelined requests the
+        loop lets other connections take their turn."""
+        waiting = bool(self.connection.trailing_data[0])
+        self._pipelined = self._pipelined + 1 if waiting else 0
+        if self._pipelined > PIPELINE_DEPTH:
+            log.info("closing a connection after %d pipelined requests", self._pipelined)
+            await self._close_stream()
+            await self.send(Closed())
+            return
+        await super()._maybe_recycle()
+        if waiting:
+            await asyncio.sleep(0)
 
     async def _send_error_response(self, status_code: int) -> None:
         """A request h11 could not parse: the application's answer when it gives one

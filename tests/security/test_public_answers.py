@@ -169,3 +169,52 @@ def test_an_http2_rapid_reset_flood_closes_that_connection_and_spares_the_others
         assert polite.status_code == 200
         assert client.get("/v2/health/ready").status_code == 200
     assert isinstance(polite, httpx.Response)
+
+
+def test_a_pipelining_client_is_cut_at_the_depth_bound_and_others_are_served_meanwhile(
+    stack: Stack,
+) -> None:
+    """RFC 9112 §9.3.2 lets a server close a connection between pipelined requests. Before:
+    one connection's hundreds of pipelined requests were answered back to back, the
+    connection's reading loop never waiting on the socket while others waited their turn.
+    After PIPELINE_DEPTH answers in a row with the next request already waiting, the
+    connection is closed (the client retries the rest on a new one)."""
+    import threading
+    import time
+
+    from serving.hazmat.hypercorn_h11 import PIPELINE_DEPTH
+
+    host, port = "localhost", int(stack.base_url.rsplit(":", 1)[1])
+    ctx = stack.ssl_context()
+    ctx.set_alpn_protocols(["http/1.1"])
+    request = b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    answered = 0
+    polite: list[float] = []
+
+    def politely() -> None:
+        with stack.client() as client:
+            for _ in range(20):
+                started = time.monotonic()
+                assert client.get("/v2/health/ready").status_code == 200
+                polite.append(time.monotonic() - started)
+
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        tls.sendall(request * 1000)
+        other = threading.Thread(target=politely)
+        other.start()
+        data = b""
+        try:
+            while True:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        answered = data.count(b"HTTP/1.1 200")
+        other.join(30)
+    assert answered <= PIPELINE_DEPTH + 1, answered  # then the connection closed
+    assert len(polite) == 20 and max(polite) < 2.0
