@@ -1,4 +1,4 @@
-"""`make bench`: scoregate beside its peers, figures B1-B8 of BENCHMARKS.md from one run.
+"""`make bench`: scoregate beside its peers, figures B1-B9 of BENCHMARKS.md from one run.
 
     python bench/run.py [--seconds 8] [--warmup 2] [--reps 2] [--soak 120] [--quick]
                         [--without mlserver,flask] [--no-batching] [--json PATH]
@@ -10,8 +10,9 @@ Drives each with wrk (bench/post.lua) in bounded runs, a warm-up discarded befor
 repetitions interleaved (the second in reverse order, so that drift on a shared machine
 hits every target alike), samples each server's CPU and resident memory from /proc, and
 cross-checks one figure with hey. B5 and B8 come from bench/hotpath.py, B6 from
-bench/batching.py (short). Prints a table and JSON, and writes the JSON to
-var/bench/bench.json. Every figure is a ratio or a difference measured in this run.
+bench/batching.py (short), B9 (fairness under abuse) from bench/fairness.py. Prints a
+table and JSON, and writes the JSON to var/bench/bench.json. Every figure is a ratio or
+a difference measured in this run.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import load, peers  # noqa: E402
+from bench import fairness, load, peers  # noqa: E402
 from bench.load import LoadError, LoadResult, Target  # noqa: E402
 from bench.procs import Server, measure, sample_rss, stop, wait_ready  # noqa: E402
 
@@ -541,6 +542,19 @@ def figures(
     return out
 
 
+def _fairness_figure(fair: dict[str, Any]) -> dict[str, Any]:
+    ratios = {k: round(v["p99_ratio"], 2) for k, v in fair.items() if k != "baseline"}
+    return _figure(
+        max(ratios.values()),
+        "x",
+        "a polite client's p99 beside each abuse ÷ its p99 alone (worst of them)",
+        ratios=ratios,
+        baseline_p99_ms=round(fair["baseline"]["p99_ms"], 2),
+        polite_failures={k: v["failures"] for k, v in fair.items()},
+        polite_statuses={k: v["statuses"] for k, v in fair.items()},
+    )
+
+
 def _batching_figure(batching: dict[str, Any] | None) -> dict[str, Any]:
     what = "torch scorer: dynamic batching images/s ÷ raw batched forward (ceiling), digits CNN"
     if batching is None:
@@ -609,6 +623,12 @@ def report(result: dict[str, Any]) -> str:
         f"Flask {_fmt(b4['flask_us'], 'µs')}",
         "B7   peak RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in b7["peak_rss_mib"].items()),
     ]
+    b9 = figs.get("B9")
+    if b9 is not None:
+        lines.append(
+            f"B9   polite p99 beside each abuse ÷ alone (baseline {b9['baseline_p99_ms']} ms): "
+            + ", ".join(f"{k} {v}x" for k, v in b9["ratios"].items())
+        )
     if b7["soak"]:
         s = b7["soak"]
         lines.append(
@@ -706,6 +726,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if args.soak:
             soaked = soak(stack, args.soak)
+        say("fairness (B9): a polite client beside each abuse")
+        gateway = stack.targets["gateway-apikey"]
+        base = gateway.url.split("/v1/", 1)[0]
+        assert gateway.header is not None  # noqa: S101 - the API-key target has one
+        fair = fairness.figures(base, stack.ca, gateway.header, max(2.0, args.seconds / 2))
     finally:
         stop(list(stack.servers.values()))  # the gateway drains its audit queue and signs
     audit = verify_audit(stack.state)
@@ -734,7 +759,10 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "tools": stack.versions,
         },
-        "figures": figures(runs, hey_runs, hotpath, jwt, batching, soaked),
+        "figures": {
+            **figures(runs, hey_runs, hotpath, jwt, batching, soaked),
+            "B9": _fairness_figure(fair),
+        },
         "runs": [asdict(r) for r in runs + hey_runs],
         "soak": soaked,
         "audit": audit,

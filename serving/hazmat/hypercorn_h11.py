@@ -41,16 +41,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from importlib.metadata import version
 from ssl import SSLError
+from typing import ClassVar
 
 import h2.errors
 import h11
 import hypercorn.asyncio.run
 import hypercorn.protocol
 from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
-from hypercorn.events import Closed, RawData
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
@@ -62,6 +63,7 @@ log = logging.getLogger("gateway.transport")
 # now and then stays far below; a rapid-reset flood passes it within a second).
 RESET_BUDGET = 200
 RESET_WINDOW_S = 10.0
+RESET_PEERS = 10_000
 # Requests one HTTP/1.1 connection may have answered in a row while its next request was
 # already waiting (pipelined); then it is closed and the client retries on a new one.
 PIPELINE_DEPTH = 16
@@ -145,22 +147,40 @@ class ResetLimitedH2Protocol(H2Protocol):
     """Hypercorn's HTTP/2 protocol, closing a connection that resets streams faster than a
     client cancels requests (CVE-2023-44487, "rapid reset"): each stream reset before its
     answer started its request's work for nothing. Past ``RESET_BUDGET`` such resets in
-    ``RESET_WINDOW_S`` the connection gets GOAWAY (ENHANCE_YOUR_CALM, RFC 9113 §7) and
-    closes; other connections are not touched."""
+    ``RESET_WINDOW_S`` from one client address, counted across its connections, the
+    connection gets GOAWAY (ENHANCE_YOUR_CALM, RFC 9113 §7) and closes, and so does each
+    new one from that address at its next reset until the window has passed; other
+    clients' connections are not touched."""
 
-    _resets: deque[float] | None = None
+    # Resets per client address, across its connections: a client that reconnects after
+    # each GOAWAY starts with the budget it spent (at most RESET_PEERS addresses kept).
+    _resets_by_peer: ClassVar[OrderedDict[str, deque[float]]] = OrderedDict()
+    _ending = False  # the connection is closing: its streams close with it, no reset counted
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, Closed):
+            self._ending = True
+        await super().handle(event)
 
     async def _close_stream(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
-        if isinstance(stream, HTTPStream) and stream.state is ASGIHTTPState.REQUEST:
-            # Closed before the application answered: the client reset it.
+        if (
+            not self._ending
+            and isinstance(stream, HTTPStream)
+            and stream.state is ASGIHTTPState.REQUEST
+        ):
+            # Closed before the application answered, the connection alive: a reset.
             now = time.monotonic()
-            resets = self._resets if self._resets is not None else deque()
-            self._resets = resets
+            peer = self.client[0] if self.client else "-"
+            resets = self._resets_by_peer.pop(peer, None) or deque()
+            self._resets_by_peer[peer] = resets  # the most recent last
+            while len(self._resets_by_peer) > RESET_PEERS:
+                self._resets_by_peer.popitem(last=False)
             resets.append(now)
             while resets and now - resets[0] > RESET_WINDOW_S:
                 resets.popleft()
             if len(resets) > RESET_BUDGET:
+                self._ending = True
                 log.warning(
                     "HTTP/2 connection reset %d streams in %s s: closing it",
                     len(resets),
@@ -168,7 +188,9 @@ class ResetLimitedH2Protocol(H2Protocol):
                 )
                 self.connection.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
                 await self._flush()
+                await super()._close_stream(stream_id)
                 await self.send(Closed())
+                return
         await super()._close_stream(stream_id)
 
 

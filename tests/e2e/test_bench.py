@@ -40,7 +40,7 @@ def test_batching_benchmark_prints_b6_as_a_table_and_as_json(tmp_path: Path) -> 
     assert rows[1]["mean_rows_per_pass"] > 1
 
 
-FIGURES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8")
+FIGURES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9")
 
 
 def _bench_tools() -> str | None:
@@ -58,7 +58,7 @@ def _bench_tools() -> str | None:
 
 
 @pytest.mark.timeout(600)
-def test_make_bench_quick_prints_b1_to_b8_as_a_table_and_as_json(tmp_path: Path) -> None:
+def test_make_bench_quick_prints_b1_to_b9_as_a_table_and_as_json(tmp_path: Path) -> None:
     """`bench/run.py --quick`: every server starts, every target answers, every figure is
     reported (MLServer and Flask left out here: their side virtualenv is a large download)."""
     missing = _bench_tools()
@@ -93,8 +93,11 @@ def test_make_bench_quick_prints_b1_to_b8_as_a_table_and_as_json(tmp_path: Path)
         assert fid in run.stdout
         assert {"value", "unit", "what"} <= figures[fid].keys()
     # Measured in a quick run; B3 needs MLServer (left out) and B6 is not run.
-    for fid in ("B1", "B2", "B4", "B5", "B7", "B8"):
+    for fid in ("B1", "B2", "B4", "B5", "B7", "B8", "B9"):
         assert isinstance(figures[fid]["value"], int | float), (fid, figures[fid])
+    # B9: a polite client beside each abuse, as ratios; it was answered throughout.
+    assert set(figures["B9"]["ratios"]) == {"wide_rows", "pipelining", "h2_rapid_reset"}
+    assert not any(figures["B9"]["polite_failures"].values())
     assert figures["B3"]["value"] is None and figures["B3"]["skipped"]
     assert figures["B6"]["value"] is None and figures["B6"]["skipped"]
     assert figures["B1"]["api_key"] is not None and figures["B1"]["hey_cross_check"] is not None
