@@ -72,12 +72,9 @@ def _leaves(value: Any, limit: int) -> int:
     stack = [value]
     while stack:
         items = stack.pop()
-        if not items or not isinstance(items[0], list):
-            flat = [i for i in items if isinstance(i, list)]  # ragged: the scorer refuses it
-            count += len(items) - len(flat)
-            stack.extend(flat)
-        else:
-            stack.extend(items)
+        nested = [i for i in items if isinstance(i, list)]  # ragged: the scorer refuses it
+        count += len(items) - len(nested)
+        stack.extend(nested)
         if count > limit:
             return count
     return count

@@ -125,7 +125,8 @@ def test_unknown_model_is_404_and_audited(stack: Stack) -> None:
         (
             b'{"instances": [[1, 2, 3]]}',
             "upstream_rejected_input",
-            "input dimension 1 must be 4, got 3",
+            # The scorer checks each instance's width before converting (OWASP API4).
+            "each instance must have 4 elements",
         ),
         (
             b'{"instances": [["a", 2, 3, 4]]}',

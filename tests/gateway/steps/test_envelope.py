@@ -47,3 +47,15 @@ def test_the_rate_limit_cost_is_the_rows_a_requests_elements_fill() -> None:
     assert cost(Measure(rows=3, elements=12), row_elements=4) == 3
     assert cost(Measure(rows=3, elements=13), row_elements=4) == 4
     assert cost(Measure(rows=5, elements=5_000), row_elements=None) == 5  # width not declared
+
+
+@pytest.mark.parametrize(
+    "instances",
+    [[[1, [2, [3]], 4]], [[[5.1], 3.5, 1.4, 0.2]], [{"b64": ""}, [1, 2], 3], [[[], [[[]]]]]],
+    ids=["nested-inside", "list-first", "dict-list-scalar", "empty-lists"],
+)
+def test_any_mix_of_lists_and_scalars_is_counted_never_raised(instances: list[Any]) -> None:
+    """Found by schemathesis: an instance whose first item is a list and whose later items
+    are not put scalars on the walk's stack (a TypeError, a 500)."""
+    measured = measure({"instances": instances}, "v1", max_elements=1000, row_elements=None)
+    assert measured.rows == len(instances)
