@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from certs.authority import CertPaths
@@ -212,22 +215,20 @@ def test_scoregate_score_command_calls_the_gateway(stack: Stack) -> None:
     assert out.stdout.strip() == '{"predictions": ["setosa"]}'
 
 
+def demo_once(state: Path, **env: str) -> Any:
+    """`scoregate demo --once` on free ports, as `make demo ONCE=1` runs it."""
+    ports = ("--port", "--scorer-port", "--gpu-scorer-port")
+    args = [part for flag in ports for part in (flag, str(free_port()))]
+    return scoregate(
+        "demo", "--once", *args, state=state, SCOREGATE_METRICS_PORT=str(free_port()), **env
+    )
+
+
 def test_demo_once_exits_zero_after_real_predictions(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     state = tmp_path_factory.mktemp("demo")
-    out = scoregate(
-        "demo",
-        "--once",
-        "--port",
-        str(free_port()),
-        "--scorer-port",
-        str(free_port()),
-        "--gpu-scorer-port",
-        str(free_port()),
-        state=state,
-        SCOREGATE_METRICS_PORT=str(free_port()),
-    )
+    out = demo_once(state)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "[ok ] v1 predict HTTP 200" in out.stdout
     assert "[ok ] JWT        HTTP 200" in out.stdout
@@ -248,17 +249,8 @@ def test_demo_once_with_the_audit_trail_in_blob_storage(
     """`make demo` with SCOREGATE_AUDIT_SINK set to a container (Azurite here): the records
     go to the spool, then to the store, and the demo verifies the store's copy."""
     state = tmp_path_factory.mktemp("demo-store")
-    out = scoregate(
-        "demo",
-        "--once",
-        "--port",
-        str(free_port()),
-        "--scorer-port",
-        str(free_port()),
-        "--gpu-scorer-port",
-        str(free_port()),
-        state=state,
-        SCOREGATE_METRICS_PORT=str(free_port()),
+    out = demo_once(
+        state,
         SCOREGATE_AUDIT_SINK=audit_container,
         IDENTITY_ENDPOINT=f"{vault.url}/msi/token",
         IDENTITY_HEADER=IDENTITY_HEADER,

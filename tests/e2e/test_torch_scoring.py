@@ -91,6 +91,10 @@ def torch_stack(
         access,
         gateway_port,
         SCOREGATE_LOCAL_STORE_PATH=str(stack.state / "secrets.json"),
+        # The batching test sends all its images at once from one key (48): a batch client
+        # its operator allows more than the default 32 requests in flight.
+        SCOREGATE_MAX_IN_FLIGHT_PER_PRINCIPAL="64",
+        SCOREGATE_MAX_IN_FLIGHT_PER_MODEL="64",
     )
     key, _ = asyncio.run(new_key(stack.state / "secrets.json", ["models:digits"]))
     logs = state / "logs"
