@@ -28,6 +28,7 @@ class Head:
     content_type: str = ""
     content_length: str | None = None
     transfer_encoding: bool = False
+    header_bytes: int = 0  # the header section's size, names and values
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ from gateway.errors import (
     AuditUnavailable,
     BadRequest,
     GatewayError,
+    HeadersTooLarge,
     InvalidRequest,
     PayloadTooLarge,
     Unauthenticated,
@@ -107,6 +108,10 @@ class RequestPath:
             # Probes are counted, not recorded: they still answer (readiness says 503
             # while the trail is not accepting; liveness stays up, a restart cures nothing).
             raise AuditUnavailable(reason="audit_unavailable")
+        if head.header_bytes > self.settings.max_header_bytes:
+            # RFC 6585 §5. h11 enforces its limit only on a head still incomplete after a
+            # read, so a head up to a whole read (64 KiB) arriving at once gets here.
+            raise HeadersTooLarge(reason="headers_too_large")
         context.reject_credentials_in_query(head.query)
         if head.transfer_encoding and head.content_length is not None:
             # RFC 9112 §6.1: both framings at once is how requests are smuggled past a

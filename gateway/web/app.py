@@ -96,6 +96,7 @@ def create_app(gw: Service) -> Quart:
             api_key=request.headers.get("api-key"),
             content_length=request.headers.get("content-length"),
             transfer_encoding="transfer-encoding" in request.headers,
+            header_bytes=sum(len(k) + len(v) + 4 for k, v in request.headers.items()),
         )
         g.head = head
         g.ex = path.open(head)

@@ -61,7 +61,9 @@ def read_head(scope: Scope, endpoint: str) -> Head:
     found: dict[bytes, str] = {}
     forwarded: list[str] = []
     raw: Iterable[tuple[bytes, bytes]] = scope["headers"]
+    size = 0
     for name, value in raw:
+        size += len(name) + len(value) + 4  # ": " and CRLF, as on the wire
         if name == b"x-forwarded-for":
             forwarded.append(value.decode("latin-1"))
         elif name not in found:
@@ -81,6 +83,7 @@ def read_head(scope: Scope, endpoint: str) -> Head:
         content_type=found.get(b"content-type", ""),
         content_length=found.get(b"content-length"),
         transfer_encoding=b"transfer-encoding" in found,
+        header_bytes=size,
     )
 
 

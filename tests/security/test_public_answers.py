@@ -218,3 +218,19 @@ def test_a_pipelining_client_is_cut_at_the_depth_bound_and_others_are_served_mea
         other.join(30)
     assert answered <= PIPELINE_DEPTH + 1, answered  # then the connection closed
     assert len(polite) == 20 and max(polite) < 2.0
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "h2"])
+def test_a_header_section_over_the_limit_is_431_even_when_it_arrives_in_one_read(
+    stack: Stack, http2: bool
+) -> None:
+    """RFC 6585 §5. Before: h11 enforces its limit only on a head still incomplete after
+    a read, so 20 KiB of headers sent at once (over the 16 KiB limit) were served."""
+    with stack.client(http2=http2) as client:
+        r = client.get("/v2/models/iris", headers={"x-padding": "a" * 20_000})
+    assert r.status_code == 431, r.text
+    assert r.json()["error"]["code"] == "headers_too_large"
+    for name, value in SECURITY_HEADERS.items():
+        assert r.headers.get(name) == value, name
+    record = stack.audit_for(r.headers["x-request-id"])
+    assert (record["status"], record["reason"]) == (431, "headers_too_large")
