@@ -25,26 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from azure.core.credentials import AccessToken
-from azure.storage.blob.aio import ContainerClient
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from certs.authority import CertPaths, create_ca, issue
 from gateway.audit.blobstore import BlobSink
 from gateway.audit.record import AuditEvent, utc_timestamp
 from gateway.audit.trail import AuditTrail
-from tests.azurite import AzuriteServer, storage_token
+from tests.azurite import AzuriteServer, container_client
 
 SECONDS_PER_MONTH = 30 * 86_400
-
-
-class Token:
-    async def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
-        return AccessToken(storage_token(), int(time.time()) + 3600)
-
-    async def close(self) -> None:
-        return None
 
 
 def free_port() -> int:
@@ -81,11 +70,7 @@ def event(i: int) -> AuditEvent:
 
 
 async def measure(url: str, ca: Path, spool: Path, records: int) -> dict[str, float]:
-    container = ContainerClient.from_container_url(
-        url,
-        credential=Token(),  # type: ignore[arg-type]
-        connection_verify=str(ca),
-    )
+    container = container_client(url, ca)
     await container.create_container()
     sink = BlobSink(container, spool, max_spool_bytes=1 << 34, ship_interval_s=0.05)
     await sink.start()

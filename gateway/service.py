@@ -56,7 +56,7 @@ class Gateway:
     forwarder: Forwarder
     limiter: Limiter
     audit: AuditTrail
-    bulkheads: Bulkheads = field(default_factory=lambda: Bulkheads(per_model=48, per_principal=32))
+    bulkheads: Bulkheads  # built from the settings by build_gateway
     jwks: list[JWKSKeys] = field(default_factory=list)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)

@@ -14,6 +14,7 @@ import numpy as np
 
 from scorer.errors import InvalidInput, PayloadTooLarge
 from scorer.repository import ModelSettings, TensorSpec
+from serving.tensors import count_leaves
 
 NUMPY_DTYPES: dict[str, type[np.generic]] = {
     "BOOL": np.bool_,
@@ -56,19 +57,6 @@ def _batch_checked(array: np.ndarray[Any, Any], spec: TensorSpec, settings: Mode
         raise InvalidInput("input contains NaN or infinite values")
 
 
-def _leaves(value: Any, limit: int) -> int:
-    """Scalars in nested lists, counted without recursion or conversion; stops past limit."""
-    if not isinstance(value, list):
-        return 1
-    count, stack = 0, [value]
-    while stack and count <= limit:
-        items = stack.pop()
-        nested = [i for i in items if isinstance(i, list)]
-        count += len(items) - len(nested)
-        stack.extend(nested)
-    return count
-
-
 def _sized(shape: list[int], data: list[Any], spec: TensorSpec, settings: ModelSettings) -> None:
     """Refuse by size before converting (OWASP API4): the shape against the model's fixed
     dimensions, and the data's element count against the shape, so half a million numbers
@@ -77,7 +65,7 @@ def _sized(shape: list[int], data: list[Any], spec: TensorSpec, settings: ModelS
         if want != -1 and want != got:
             raise InvalidInput(f"dimension {axis} must be {want}, got {got}")
     declared = math.prod(shape)
-    carried = _leaves(data, declared)
+    carried = count_leaves(data, declared)
     if carried != declared:
         raise InvalidInput(f"'data' has {carried} elements, 'shape' {shape} needs {declared}")
 
@@ -218,7 +206,7 @@ def decode_v1(body: Any, settings: ModelSettings) -> np.ndarray[Any, Any]:
     if -1 not in row:  # a fixed row: every instance that wide, checked before converting
         width = math.prod(row)
         for instance in instances:
-            if _leaves(instance, width) != width:
+            if count_leaves(instance, width) != width:
                 raise InvalidInput(f"each instance must have {width} elements")
     array = _to_array(instances, settings.input.datatype, settings.input)
     _batch_checked(array, settings.input, settings)

@@ -15,7 +15,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from azure.core.credentials import AccessToken
+from azure.storage.blob.aio import ContainerClient
+
+from gateway.audit.blobstore import download_container
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE = ROOT / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
@@ -109,3 +114,35 @@ class AzuriteServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class StorageCredential:
+    """Stands in for Entra ID with Blob Storage: a storage-shaped token."""
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken(storage_token(), int(time.time()) + 3600)
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> StorageCredential:
+        return self
+
+    async def __aexit__(self, *args: object) -> None:
+        return None
+
+
+def container_client(url: str, ca: Path, **kwargs: Any) -> ContainerClient:
+    """A client of the container at ``url`` with the test credential, trusting ``ca``."""
+    return ContainerClient.from_container_url(
+        url,
+        credential=StorageCredential(),  # type: ignore[arg-type]
+        connection_verify=str(ca),
+        **kwargs,
+    )
+
+
+async def stored(url: str, ca: Path, into: Path) -> dict[str, Path]:
+    """The container's replicas, downloaded as the review commands read them."""
+    async with container_client(url, ca) as client:
+        return await download_container(client, into)

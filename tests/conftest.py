@@ -30,7 +30,7 @@ from gateway.secretstore.localfile import LocalSecretStore
 from gateway.secretstore.protocol import utcnow
 from scorer.dev.train import train_iris
 from serving.tls import client_context
-from tests.azurite import AzuriteServer, storage_token
+from tests.azurite import AzuriteServer, container_client
 from tests.keyvault_server import TOKEN, KeyVaultServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -538,32 +538,10 @@ def azurite(pki: CertPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     server.stop()
 
 
-class StorageCredential:
-    """Stands in for Entra ID with Blob Storage: a storage-shaped token (tests/azurite.py)."""
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken(storage_token(), int(utcnow().timestamp()) + 3600)
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> StorageCredential:
-        return self
-
-    async def __aexit__(self, *args: object) -> None:
-        return None
-
-
 @pytest.fixture
 async def audit_container(azurite: AzuriteServer, pki: CertPaths) -> AsyncIterator[str]:
     """A fresh container in Azurite; its URL."""
-    from azure.storage.blob.aio import ContainerClient
-
     url = azurite.container_url(f"audit-{secrets.token_hex(6)}")
-    async with ContainerClient.from_container_url(
-        url,
-        credential=StorageCredential(),  # type: ignore[arg-type]
-        connection_verify=str(pki.ca_cert),
-    ) as container:
+    async with container_client(url, pki.ca_cert) as container:
         await container.create_container()
     yield url

@@ -440,3 +440,13 @@ async def download_container(container: ContainerClient, into: Path) -> dict[str
             async for chunk in stream.chunks():
                 fh.write(chunk)
     return replicas
+
+
+async def download_store(url: str, into: Path) -> dict[str, Path]:
+    """A container's replicas as `download_container` lays them out, read with
+    DefaultAzureCredential (a reviewer's `az login`, or workload identity)."""
+    from azure.identity.aio import DefaultAzureCredential
+
+    async with DefaultAzureCredential() as credential:
+        async with open_container(url, credential) as container:
+            return await download_container(container, into)

@@ -254,24 +254,13 @@ def _audit_trails(args: argparse.Namespace) -> Iterator[dict[str, list[Path]]]:
     files = [Path(s) for s in sources if not s.startswith("https://")]
     if files:
         trails["local"] = files
+    from gateway.audit.blobstore import download_store
+
     with tempfile.TemporaryDirectory(prefix="scoregate-audit-") as scratch:
-        for url in urls:
-            for replica, folder in _download_store(url, Path(scratch)).items():
-                trails[replica] = [folder]
+        for n, url in enumerate(urls):
+            downloaded = asyncio.run(download_store(url, Path(scratch) / str(n)))
+            trails.update((replica, [folder]) for replica, folder in downloaded.items())
         yield trails
-
-
-def _download_store(url: str, into: Path) -> dict[str, Path]:
-    from azure.identity.aio import DefaultAzureCredential
-
-    from gateway.audit.blobstore import download_container, open_container
-
-    async def go() -> dict[str, Path]:
-        async with DefaultAzureCredential() as credential:
-            async with open_container(url, credential) as container:
-                return await download_container(container, into / str(abs(hash(url))))
-
-    return asyncio.run(go())
 
 
 def _with_store(args: argparse.Namespace, use: Callable[[Any], Awaitable[T]]) -> T:

@@ -25,6 +25,7 @@ from typing import Any
 
 from certs.authority import CertPaths, ensure_server_certificate
 from gateway.audit import review, signing
+from gateway.audit.blobstore import download_store
 from gateway.client import Reply, call
 from gateway.dev import issuer
 from gateway.identity import lifecycle
@@ -365,7 +366,9 @@ def _verify_audit(
 ) -> bool:
     keys = asyncio.run(signing.public_keys(LocalSecretStore(state / "secrets.json")))
     with tempfile.TemporaryDirectory(prefix="scoregate-demo-audit-") as scratch:
-        trails = _download(store, Path(scratch)) if store else {"": state / "audit"}
+        trails = (
+            asyncio.run(download_store(store, Path(scratch))) if store else {"": state / "audit"}
+        )
         if not trails:
             out(f"Audit trail BROKEN: nothing in {store}")
             return False
@@ -382,16 +385,3 @@ def _verify_audit(
                 out(f"Audit trail BROKEN{where}: {result.problem}")
             ok &= result.ok
     return ok
-
-
-def _download(url: str, into: Path) -> dict[str, Path]:
-    from azure.identity.aio import DefaultAzureCredential
-
-    from gateway.audit.blobstore import download_container, open_container
-
-    async def go() -> dict[str, Path]:
-        async with DefaultAzureCredential() as credential:
-            async with open_container(url, credential) as container:
-                return await download_container(container, into)
-
-    return asyncio.run(go())

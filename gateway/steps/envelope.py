@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.errors import InvalidRequest, PayloadTooLarge
+from serving.tensors import count_leaves
 
 Kind = Literal["v1", "v2"]
 _JSON_TYPE_NAMES: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
@@ -64,22 +65,6 @@ class Measure:
     elements: int  # numbers (or BYTES items) the request carries, all inputs together
 
 
-def _leaves(value: Any, limit: int) -> int:
-    """Scalars in nested lists, counted without recursion; stops past ``limit``."""
-    if not isinstance(value, list):
-        return 1
-    count = 0
-    stack = [value]
-    while stack:
-        items = stack.pop()
-        nested = [i for i in items if isinstance(i, list)]  # ragged: the scorer refuses it
-        count += len(items) - len(nested)
-        stack.extend(nested)
-        if count > limit:
-            return count
-    return count
-
-
 def _too_many(elements: int, limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"at most {limit} elements per request for this model, got {elements}",
@@ -97,7 +82,7 @@ def measure(body: Any, kind: Kind, *, max_elements: int, row_elements: int | Non
             raise InvalidRequest("'instances' must be a non-empty list", reason="body_invalid")
         elements = 0
         for instance in instances:
-            width = _leaves(instance, max_elements)
+            width = count_leaves(instance, max_elements)
             if row_elements is not None and width != row_elements:
                 raise InvalidRequest(
                     f"each instance of this model has {row_elements} elements, one has {width}",
@@ -130,7 +115,7 @@ def measure(body: Any, kind: Kind, *, max_elements: int, row_elements: int | Non
             raise _too_many(elements + declared, max_elements)
         data = tensor.get("data")
         if isinstance(data, list):
-            carried = _leaves(data, declared)
+            carried = count_leaves(data, declared)
             if carried != declared:
                 raise InvalidRequest(
                     f"'data' carries {carried} elements, 'shape' {shape} declares {declared}",

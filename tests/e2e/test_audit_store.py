@@ -19,16 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
-from azure.storage.blob.aio import ContainerClient
 
 from certs.authority import CertPaths
-from gateway.audit.blobstore import download_container
 from gateway.audit.review import read_records
 from gateway.dev.issuer import mint
 from gateway.identity.issuers import load_issuers
 from gateway.secretstore.localfile import LocalSecretStore
-from tests.azurite import AzuriteServer
-from tests.conftest import ROOT, Stack, StorageCredential, free_port, scoregate
+from tests.azurite import AzuriteServer, container_client, stored
+from tests.conftest import ROOT, Stack, free_port, scoregate
 from tests.keyvault_server import IDENTITY_HEADER, KeyVaultServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -47,15 +45,7 @@ def store_env(url: str, vault: KeyVaultServer, stack: Stack, **extra: str) -> di
 
 
 def stored_records(url: str, ca: Path, into: Path) -> list[dict[str, Any]]:
-    async def go() -> dict[str, Path]:
-        async with ContainerClient.from_container_url(
-            url,
-            credential=StorageCredential(),  # type: ignore[arg-type]
-            connection_verify=str(ca),
-        ) as container:
-            return await download_container(container, into)
-
-    replicas = asyncio.run(go())
+    replicas = asyncio.run(stored(url, ca, into))
     return [record for folder in replicas.values() for _, _, record in read_records([folder])]
 
 
@@ -136,11 +126,7 @@ def test_azurite_stopped_mid_run_and_restarted_every_record_arrives_once(
     url = own_azurite.container_url("audit")
 
     async def create() -> None:
-        async with ContainerClient.from_container_url(
-            url,
-            credential=StorageCredential(),  # type: ignore[arg-type]
-            connection_verify=str(stack.ca),
-        ) as container:
+        async with container_client(url, stack.ca) as container:
             await container.create_container()
 
     asyncio.run(create())

@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -176,6 +177,7 @@ def image_command(container: Mapping[str, Any]) -> list[str]:
 class AzureStandIns:
     """Where Azure's endpoints are here, and what a pod gets to use them."""
 
+    ca: Path  # the CA that signs the stand-ins' certificates and the gateway's (CSI)
     replacements: dict[str, str]  # Azure URL -> stand-in URL
     gateway_env: dict[str, str]  # what AKS (workload identity, public CAs) would provide
     csi_files: dict[str, bytes]  # Key Vault object name -> its content, as the CSI driver writes
@@ -402,8 +404,13 @@ class LocalCluster:
             port = get["port"]
             local = pod.port(port) if isinstance(port, str) else pod.ports[port]
             scheme = get.get("scheme", "HTTP").lower()
-            try:  # the kubelet does not verify a probe's certificate
-                r = httpx.get(f"{scheme}://127.0.0.1:{local}{get['path']}", verify=False, timeout=3)  # noqa: S501
+            # The kubelet does not verify a probe's certificate; here it is verified all the
+            # same, against the CA that signed the one the CSI volume holds.
+            verify = ssl.create_default_context(cafile=str(self.azure.ca))
+            try:
+                r = httpx.get(
+                    f"{scheme}://127.0.0.1:{local}{get['path']}", verify=verify, timeout=3
+                )
             except httpx.TransportError:
                 return False
             return 200 <= r.status_code < 400

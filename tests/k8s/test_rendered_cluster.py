@@ -34,14 +34,12 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from azure.storage.blob.aio import ContainerClient
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certs.authority import CertPaths
 from gateway.audit import signing
-from gateway.audit.blobstore import download_container
 from gateway.audit.review import read_records, verify
 from gateway.errors import RateLimited
 from gateway.identity import lifecycle
@@ -50,7 +48,8 @@ from gateway.ratelimit.limiter import Limiter
 from gateway.ratelimit.policy import RateLimitPolicy
 from gateway.ratelimit.storage import StorageCredentials
 from gateway.secretstore.keyvault import KeyVaultSecretStore
-from tests.conftest import StaticCredential, StorageCredential, free_port
+from tests.azurite import stored
+from tests.conftest import StaticCredential, free_port
 from tests.gateway.identity.test_jwks import jwk
 from tests.k8s.conftest import OVERLAYS, Rendered
 from tests.k8s.installs import Install
@@ -143,6 +142,7 @@ class Azure:
 
     def stand_ins(self, keyvault_url: str, audit_url: str, container: str) -> AzureStandIns:
         return AzureStandIns(
+            ca=self.ca,
             replacements={
                 keyvault_url: self.vault.url,
                 ENTRA: self.vault.url,
@@ -283,15 +283,6 @@ async def limiter_strategies(redis_port: int, gateway: Pod) -> None:
             assert limiter.state == "shared", strategy  # counted in Redis, not a fallback
         finally:
             await limiter.close()
-
-
-async def stored(url: str, ca: Path, into: Path) -> dict[str, Path]:
-    async with ContainerClient.from_container_url(
-        url,
-        credential=StorageCredential(),  # type: ignore[arg-type]
-        connection_verify=str(ca),
-    ) as container:
-        return await download_container(container, into)
 
 
 @pytest.mark.parametrize("cluster", OVERLAYS, indirect=True)

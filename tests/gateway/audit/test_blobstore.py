@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,21 +14,16 @@ from azure.storage.blob.aio import BlobClient, ContainerClient
 
 from certs.authority import CertPaths
 from gateway.audit import review
-from gateway.audit.blobstore import BlobSink, download_container, parse_blob_name, utc_day
-from gateway.audit.record import AuditEvent, utc_timestamp
+from gateway.audit.blobstore import BlobSink, parse_blob_name, utc_day
 from gateway.audit.sinks import chain_files
 from gateway.audit.trail import AuditTrail
-from tests.azurite import AzuriteServer
-from tests.conftest import StorageCredential, free_port
+from tests.azurite import AzuriteServer, container_client, stored
+from tests.conftest import free_port
+from tests.gateway.audit.test_trail import event
 
 
 def container(url: str, ca: Path) -> ContainerClient:
-    return ContainerClient.from_container_url(
-        url,
-        credential=StorageCredential(),  # type: ignore[arg-type]
-        connection_verify=str(ca),
-        retry_total=0,
-    )
+    return container_client(url, ca, retry_total=0)
 
 
 def sink(url: str, ca: Path, spool: Path, **kwargs: Any) -> BlobSink:
@@ -37,38 +31,9 @@ def sink(url: str, ca: Path, spool: Path, **kwargs: Any) -> BlobSink:
     return BlobSink(container(url, ca), spool, ship_interval_s=0.05, **kwargs)
 
 
-def event(i: int) -> AuditEvent:
-    return AuditEvent(
-        time=utc_timestamp(),
-        request_id=f"r{i:08d}{secrets.token_hex(4)}",
-        client_request_id=None,
-        client="192.0.2.1",
-        method="POST",
-        path="/v1/models/iris:predict",
-        route="predict_v1",
-        model="iris",
-        subject="client",
-        credential="api_key",
-        key_id="k",
-        key_version="1",
-        decision="allow",
-        reason="ok",
-        status=200,
-        latency_ms=1.0,
-        bytes_in=10,
-        bytes_out=10,
-        payload_sha256=None,
-    )
-
-
 def lines(count: int, start: int = 1) -> list[bytes]:
     """Sealed-looking lines for the sink alone (the trail seals real ones)."""
     return [orjson.dumps({"seq": start + i, "n": i}) + b"\n" for i in range(count)]
-
-
-async def stored(url: str, ca: Path, into: Path) -> dict[str, Path]:
-    async with container(url, ca) as client:
-        return await download_container(client, into)
 
 
 def spool_bytes(spool: Path) -> bytes:
