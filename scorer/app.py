@@ -88,7 +88,7 @@ def create_app(
         if status == 413:
             return _error(PayloadTooLarge("body exceeds the size limit"))
         code = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request")
-        return _json({"error": {"code": code, "message": exc.name}}, status)
+        return _json({"error": exc.name, "code": code}, status)
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:

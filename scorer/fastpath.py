@@ -53,7 +53,8 @@ BODY_TIMEOUT_S = 60.0
 
 
 def error_body(exc: ScorerError) -> bytes:
-    return orjson.dumps({"error": {"code": exc.code, "message": exc.message}})
+    """The Open Inference Protocol's error (``{"error": "<message>"}``) with our stable code."""
+    return orjson.dumps({"error": exc.message, "code": exc.code})
 
 
 Decode = Callable[[Any, ModelSettings], np.ndarray[Any, Any]]

@@ -3,36 +3,81 @@
 A client is one secret (``apikey-<key id>``); ``create`` makes its first generation and
 ``rotate`` adds a generation while the old one stays valid for an overlap, so there is no
 moment without a valid key. ``revoke`` disables generations (Key Vault: ``enabled=false``).
+
+``rotate`` can hand the new key to a ``deliver`` callable (the consumer's Key Vault, see
+`gateway.identity.delivery`) instead of to the operator: the previous generations are cut
+to the overlap only once it is delivered, and a generation that could not be delivered is
+revoked at once, so no valid key exists that nobody holds.
+
+    KeyAdminError                the operation cannot proceed as asked
+     ├── InvalidKeyRequest       a bad argument (owner, scope, duration)
+     ├── KeyNotFound             no such key id or version
+     ├── NoActiveGeneration      nothing to rotate
+     └── DeliveryFailed          delivery failed after the new generation was made
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from gateway.identity import apikeys
 from gateway.identity.keyring import SECRET_PREFIX, KeyGeneration, secret_name
-from gateway.secretstore.protocol import SecretStore, utcnow
+from gateway.secretstore.protocol import SecretStore, SecretStoreError, SecretVersion, utcnow
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SCOPE = re.compile(r"[A-Za-z0-9:._*-]{1,64}")
 _OWNER = re.compile(r"[A-Za-z0-9@:._-]{1,64}")
+T = TypeVar("T")
 
 
 class KeyAdminError(Exception):
     """A key operation that cannot proceed; the message is for the operator."""
+
+    code = "key_operation_refused"
+
+
+class InvalidKeyRequest(KeyAdminError):
+    code = "invalid_argument"
+
+
+class KeyNotFound(KeyAdminError):
+    code = "key_not_found"
+
+
+class NoActiveGeneration(KeyAdminError):
+    code = "no_active_generation"
+
+
+class DeliveryFailed(KeyAdminError):
+    """Delivery failed after the new generation was written.
+
+    ``revoked`` says whether that generation was disabled again (the previous ones are then
+    untouched and still valid as before). When it is False the store refused the revocation
+    too: a valid key exists that nobody holds, and the operator must revoke ``version``.
+    """
+
+    code = "delivery_failed"
+
+    def __init__(self, message: str, *, key_id: str, version: str, revoked: bool) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+        self.version = version
+        self.revoked = revoked
 
 
 def parse_duration(text: str) -> dt.timedelta:
     """``90d``, ``12h``, ``1h30m``: a positive duration."""
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
-        raise KeyAdminError(f"invalid duration {text!r}; use e.g. 90d, 12h, 1h30m")
+        raise InvalidKeyRequest(f"invalid duration {text!r}; use e.g. 90d, 12h, 1h30m")
     seconds = sum(int(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
-        raise KeyAdminError("duration must be positive")
+        raise InvalidKeyRequest("duration must be positive")
     return dt.timedelta(seconds=seconds)
 
 
@@ -47,10 +92,10 @@ class IssuedKey:
 
 def _tags(owner: str, scopes: list[str]) -> dict[str, str]:
     if not _OWNER.fullmatch(owner):
-        raise KeyAdminError(f"invalid owner {owner!r}")
+        raise InvalidKeyRequest(f"invalid owner {owner!r}")
     bad = [s for s in scopes if not _SCOPE.fullmatch(s)]
     if bad or not scopes:
-        raise KeyAdminError(f"give at least one valid scope (got {scopes})")
+        raise InvalidKeyRequest(f"give at least one valid scope (got {scopes})")
     return {"owner": owner, "scopes": " ".join(sorted(set(scopes)))}
 
 
@@ -103,10 +148,10 @@ async def revoke(
     """Disable one generation, or every generation of the key when no version is given."""
     versions = await store.versions(secret_name(key_id))
     if not versions:
-        raise KeyAdminError(f"no key with id {key_id!r}")
+        raise KeyNotFound(f"no key with id {key_id!r}")
     targets = [v for v in versions if version is None or v.version == version]
     if not targets:
-        raise KeyAdminError(f"key {key_id!r} has no version {version!r}")
+        raise KeyNotFound(f"key {key_id!r} has no version {version!r}")
     revoked = []
     for v in targets:
         if v.enabled:

@@ -177,13 +177,13 @@ class RequestPath:
             return await self._forwarder.send(route, method, upstream_path, body, ex.request_id)
 
     def error_payload(self, ex: Exchange, exc: GatewayError) -> tuple[bytes, dict[str, str]]:
-        """The error envelope of gateway/openapi.yaml and the headers its status calls for."""
+        """The error envelope of gateway/openapi.yaml and the headers its status calls for:
+        the Open Inference Protocol's ``{"error": "<message>"}``, with our stable ``code``
+        and the ``request_id`` beside it, so that both kinds of client read it."""
         ex.reason = exc.reason
         if exc.status < 500:
             ex.decision = "deny"  # refused (429, 413, 422, …) even after authorization passed
-        body = orjson.dumps(
-            {"error": {"code": exc.code, "message": exc.message, "request_id": ex.request_id}}
-        )
+        body = orjson.dumps({"error": exc.message, "code": exc.code, "request_id": ex.request_id})
         return body, dict(exc.headers)
 
     def audit(self, ex: Exchange, status: int, bytes_out: int) -> Awaitable[None]:

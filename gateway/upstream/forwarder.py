@@ -148,7 +148,7 @@ class Forwarder:
 def _upstream_message(payload: bytes) -> str | None:
     """The scorer's own (safe, ours) error message, or None when it is not the expected shape."""
     try:
-        message = orjson.loads(payload)["error"]["message"]
+        message = orjson.loads(payload)["error"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
     return message[:_MESSAGE_LIMIT] if isinstance(message, str) else None

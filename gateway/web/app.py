@@ -129,7 +129,7 @@ def create_app(gw: Service) -> Quart:
     def _render_error(exc: GatewayError) -> Response:
         ex: Exchange | None = g.get("ex")
         if ex is None:  # pragma: no cover - before_request always runs first
-            return _json({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+            return _json({"error": exc.message, "code": exc.code}, exc.status)
         body, headers = path.error_payload(ex, exc)
         response = Response(body, status=exc.status, content_type=JSON)
         response.headers.update(headers)

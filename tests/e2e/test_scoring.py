@@ -83,7 +83,7 @@ def test_missing_or_malformed_key_is_401_with_json_error_and_audit(
     with stack.client() as client:
         r = client.post("/v1/models/iris:predict", json={"instances": ROWS}, headers=headers)
     assert r.status_code == 401
-    assert r.json()["error"]["code"] == "unauthenticated"
+    assert r.json()["code"] == "unauthenticated"
     assert r.headers["www-authenticate"] == (
         'Bearer realm="scoregate", ApiKey realm="scoregate", header="api-key"'
     )
@@ -99,7 +99,7 @@ def test_key_without_the_models_scope_is_403_and_audited(stack: Stack) -> None:
             headers={"api-key": stack.keys.unscoped},
         )
     assert r.status_code == 403
-    assert r.json()["error"]["code"] == "forbidden"
+    assert r.json()["code"] == "forbidden"
     record = stack.audit_for(r.headers["x-request-id"])
     assert (record["decision"], record["reason"], record["key_id"]) == (
         "deny",
@@ -116,7 +116,7 @@ def test_unknown_model_is_404_and_audited(stack: Stack) -> None:
             headers={"api-key": stack.keys.iris},
         )
     assert r.status_code == 404
-    assert r.json()["error"]["code"] == "model_not_found"
+    assert r.json()["code"] == "model_not_found"
     assert stack.audit_for(r.headers["x-request-id"])["reason"] == "model_unknown"
 
 
@@ -148,9 +148,9 @@ def test_malformed_body_is_422_and_audited(
             headers={"api-key": stack.keys.iris, "content-type": "application/json"},
         )
     assert r.status_code == 422
-    error = r.json()["error"]
+    error = r.json()
     # One public code; the message says what is wrong (the scorer's own words pass through).
-    assert (error["code"], error["message"]) == ("invalid_request", message)
+    assert (error["code"], error["error"]) == ("invalid_request", message)
     record = stack.audit_for(r.headers["x-request-id"])
     # Authorized, then refused for its body: the decision is a denial, the reason says why.
     assert (record["decision"], record["reason"], record["status"]) == ("deny", reason, 422)

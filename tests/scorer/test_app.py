@@ -46,15 +46,15 @@ async def test_metadata_ready_and_health(app: Quart) -> None:
 async def test_errors_are_json_with_stable_codes(app: Quart) -> None:
     client = app.test_client()
     r = await client.post("/v1/models/nosuch:predict", json={"instances": ROWS})
-    assert (r.status_code, (await r.get_json())["error"]["code"]) == (404, "model_not_found")
+    assert (r.status_code, (await r.get_json())["code"]) == (404, "model_not_found")
     r = await client.post(
         "/v1/models/iris:predict", data=b"{", headers={"content-type": "application/json"}
     )
-    assert (r.status_code, (await r.get_json())["error"]["code"]) == (422, "invalid_input")
+    assert (r.status_code, (await r.get_json())["code"]) == (422, "invalid_input")
     r = await client.post("/v1/models/iris:predict", json={"instances": [[1.0] * 4] * 65})
     assert r.status_code == 413
     r = await client.post("/v1/models/iris:predict", data=b"[" + b"1," * 5000 + b"1]")
-    assert (r.status_code, (await r.get_json())["error"]["code"]) == (413, "payload_too_large")
+    assert (r.status_code, (await r.get_json())["code"]) == (413, "payload_too_large")
     r = await client.get("/v1/models/iris:predict")
     assert r.status_code == 405
 
@@ -105,7 +105,7 @@ async def test_a_streamed_body_over_the_limit_is_413_without_a_declared_length(
         await connection.send_complete()
     response = await connection.as_response()
     assert response.status_code == 413
-    assert (await response.get_json())["error"]["code"] == "payload_too_large"
+    assert (await response.get_json())["code"] == "payload_too_large"
 
 
 async def test_a_caller_that_leaves_gets_nothing_and_the_scorer_serves_on(app: Quart) -> None:
@@ -132,4 +132,4 @@ async def test_an_unexpected_error_is_a_generic_500(
     r = await app.test_client().post("/v1/models/iris:predict", json={"instances": ROWS})
     text = await r.get_data(as_text=True)
     assert r.status_code == 500 and "secret-path" not in text and "RuntimeError" not in text
-    assert (await r.get_json())["error"]["code"] == "internal_error"
+    assert (await r.get_json())["code"] == "internal_error"

@@ -24,7 +24,7 @@ def test_principal_scoped_to_model_a_asking_for_model_b_is_403_and_audited(stack
         )
         meta = client.get("/v2/models/iris", headers={"api-key": stack.keys.copy_only})
     assert ok.status_code == 200
-    assert (denied.status_code, denied.json()["error"]["code"]) == (403, "forbidden")
+    assert (denied.status_code, denied.json()["code"]) == (403, "forbidden")
     assert meta.status_code == 403
     record = stack.audit_for(denied.headers["x-request-id"])
     assert (record["decision"], record["reason"], record["model"]) == (
@@ -85,4 +85,4 @@ def test_upstream_address_never_comes_from_the_request(stack: Stack) -> None:
 def test_admin_metrics_and_docs_are_not_on_the_public_listener(stack: Stack, path: str) -> None:
     with stack.client() as client:
         r = client.get(path, headers={"api-key": stack.keys.iris})
-    assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+    assert (r.status_code, r.json()["code"]) == (404, "not_found")

@@ -87,7 +87,7 @@ def test_malformed_input_tensors_are_422_not_500(stack: Stack, body: bytes) -> N
             headers={"api-key": stack.keys.iris, "content-type": "application/json"},
         )
     assert r.status_code == 422, r.text
-    assert r.json()["error"]["code"] == "invalid_request"
+    assert r.json()["code"] == "invalid_request"
 
 
 def _digits_copy(digits_repo: Path, tmp_path: Path) -> Path:

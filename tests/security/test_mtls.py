@@ -166,4 +166,4 @@ def test_a_gateway_without_the_client_certificate_is_refused_by_the_scorer(
     assert ready.status_code == 200  # the replica's own parts are fine
     assert model_ready.status_code in (502, 503)  # the model's scorer refuses it too
     assert reply.status_code in (502, 503), reply.text
-    assert reply.json()["error"]["code"] in ("bad_upstream", "upstream_unavailable")
+    assert reply.json()["code"] in ("bad_upstream", "upstream_unavailable")

@@ -63,11 +63,11 @@ async def upstream() -> AsyncIterator[Upstream]:
             return web.Response(text="<html>oops</html>", content_type="text/html")
         if mode == "error500":
             return web.json_response(
-                {"error": {"code": "x", "message": "Traceback: secret"}}, status=500
+                {"error": "Traceback: secret", "code": "x"}, status=500
             )
         if mode == "reject":
             return web.json_response(
-                {"error": {"code": "invalid_input", "message": "input dimension 1 must be 4"}},
+                {"error": "input dimension 1 must be 4", "code": "invalid_input"},
                 status=422,
             )
         return web.json_response({"predictions": ["setosa"]})
@@ -196,7 +196,7 @@ async def test_upstream_faults_map_to_gateway_statuses(
     r = await predict(gw, json={"instances": ROWS})
     elapsed = time.monotonic() - started
     body = await r.get_json()
-    assert (r.status_code, body["error"]["code"]) == (status, code)
+    assert (r.status_code, body["code"]) == (status, code)
     assert "Traceback" not in str(body)
     if mode == "redirect":
         assert all("meta-data" not in s["path"] for s in upstream.seen)  # never followed
@@ -253,7 +253,7 @@ async def test_scorer_down_is_503_fast(tmp_path: Path) -> None:
             "/v1/models/iris:predict", json={"instances": ROWS}, headers={"api-key": key}
         )
         assert time.monotonic() - started < 1.0  # refused at connect, not at a timeout
-        assert (r.status_code, (await r.get_json())["error"]["code"]) == (
+        assert (r.status_code, (await r.get_json())["code"]) == (
             503,
             "upstream_unavailable",
         )
@@ -269,7 +269,7 @@ async def test_too_many_instances_is_413_before_forwarding(
     gw: GatewayUnderTest, upstream: Upstream
 ) -> None:
     r = await predict(gw, json={"instances": ROWS * 9})
-    assert (r.status_code, (await r.get_json())["error"]["code"]) == (413, "payload_too_large")
+    assert (r.status_code, (await r.get_json())["code"]) == (413, "payload_too_large")
     assert [s for s in upstream.seen if "predict" in s["path"]] == []
     assert (await gw.record_for(r.headers["x-request-id"]))["reason"] == "too_many_instances"
 
@@ -286,7 +286,7 @@ async def test_v2_batch_must_be_at_least_one_so_nothing_is_free(
 ) -> None:
     body = {"inputs": [{"name": "m", "shape": shape, "datatype": "FP64", "data": [0.0] * 4000}]}
     r = await gw.client.post("/v2/models/iris/infer", json=body, headers={"api-key": gw.key})
-    assert (r.status_code, (await r.get_json())["error"]["code"]) == (422, "invalid_request")
+    assert (r.status_code, (await r.get_json())["code"]) == (422, "invalid_request")
     assert [s for s in upstream.seen if "infer" in s["path"]] == []
 
 
@@ -303,10 +303,10 @@ async def test_v2_cost_is_the_largest_batch_of_any_input(gw: GatewayUnderTest) -
 
 async def test_unknown_route_and_method_are_json_and_audited(gw: GatewayUnderTest) -> None:
     r = await gw.client.get("/admin")
-    assert (r.status_code, (await r.get_json())["error"]["code"]) == (404, "not_found")
+    assert (r.status_code, (await r.get_json())["code"]) == (404, "not_found")
     assert (await gw.record_for(r.headers["x-request-id"]))["reason"] == "route_unknown"
     r = await gw.client.delete("/v1/models/iris:predict", headers={"api-key": gw.key})
-    assert (r.status_code, (await r.get_json())["error"]["code"]) == (405, "method_not_allowed")
+    assert (r.status_code, (await r.get_json())["code"]) == (405, "method_not_allowed")
 
 
 async def test_request_id_is_always_ours_and_the_clients_is_recorded_beside_it(
@@ -323,7 +323,7 @@ async def test_request_id_is_always_ours_and_the_clients_is_recorded_beside_it(
 
 async def test_options_is_405_not_an_automatic_answer(gw: GatewayUnderTest) -> None:
     r = await gw.client.options("/v1/models/iris:predict")
-    assert (r.status_code, (await r.get_json())["error"]["code"]) == (405, "method_not_allowed")
+    assert (r.status_code, (await r.get_json())["code"]) == (405, "method_not_allowed")
 
 
 @pytest.mark.parametrize(
@@ -341,7 +341,7 @@ async def test_405_names_the_methods_the_path_serves(
 ) -> None:
     # RFC 9110 §15.5.6: the origin server MUST send Allow with a 405.
     r = await gw.client.open(path, method=method, headers={"api-key": gw.key})
-    assert (r.status_code, (await r.get_json())["error"]["code"]) == (405, "method_not_allowed")
+    assert (r.status_code, (await r.get_json())["code"]) == (405, "method_not_allowed")
     assert r.headers["allow"] == allowed
 
 
@@ -353,7 +353,7 @@ async def test_a_body_not_declared_as_json_is_415_and_never_forwarded(
     r = await gw.client.post(
         "/v1/models/iris:predict", data=orjson.dumps({"instances": ROWS}), headers=headers
     )
-    assert (r.status_code, (await r.get_json())["error"]["code"]) == (
+    assert (r.status_code, (await r.get_json())["code"]) == (
         415,
         "unsupported_media_type",
     )
@@ -398,7 +398,7 @@ async def test_v2_envelope_that_breaks_the_protocol_is_422_and_never_forwarded(
     gw: GatewayUnderTest, upstream: Upstream, body: dict[str, Any]
 ) -> None:
     r = await gw.client.post("/v2/models/iris/infer", json=body, headers={"api-key": gw.key})
-    assert (r.status_code, (await r.get_json())["error"]["code"]) == (422, "invalid_request")
+    assert (r.status_code, (await r.get_json())["code"]) == (422, "invalid_request")
     assert [s for s in upstream.seen if "infer" in s["path"]] == []
 
 
@@ -429,7 +429,7 @@ async def test_unexpected_exception_is_a_generic_500(
     text = await r.get_data(as_text=True)
     assert r.status_code == 500
     assert "secret-path" not in text and "RuntimeError" not in text
-    assert (await r.get_json())["error"]["code"] == "internal_error"
+    assert (await r.get_json())["code"] == "internal_error"
     assert (await gw.record_for(r.headers["x-request-id"]))["status"] == 500
 
 
@@ -459,7 +459,7 @@ async def test_http_layer_errors_get_a_status_and_code_that_agree(
 
     monkeypatch.setattr(Forwarder, "send", fail)
     r = await gw.client.get("/v2/models/iris", headers={"api-key": gw.key})
-    assert (r.status_code, (await r.get_json())["error"]["code"]) == (status, code)
+    assert (r.status_code, (await r.get_json())["code"]) == (status, code)
     assert (await gw.record_for(r.headers["x-request-id"]))["status"] == status
 
 
@@ -527,7 +527,7 @@ async def test_circuit_breaker_opens_on_a_failing_scorer_and_closes_when_it_reco
         upstream.mode = "ok"
         refused = await predict(gw, json={"instances": ROWS})
         assert refused.status_code == 503
-        assert (await refused.get_json())["error"]["code"] == "upstream_unavailable"
+        assert (await refused.get_json())["code"] == "upstream_unavailable"
         assert refused.headers["Retry-After"] == "1"
         assert len(upstream.seen) == calls
         record = await gw.record_for(refused.headers["X-Request-Id"])
