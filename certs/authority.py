@@ -16,6 +16,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,6 +32,10 @@ DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
 
 class CertificateError(Exception):
     """A certificate operation that cannot proceed (exists, missing CA, bad name)."""
+
+
+class InvalidName(CertificateError):
+    """A name that cannot go into a certificate's SAN."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ def _san_entries(names: tuple[str, ...]) -> list[x509.GeneralName]:
             entries.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
             if not name or any(c.isspace() for c in name):
-                raise CertificateError(f"invalid DNS name {name!r}") from None
+                raise InvalidName(f"invalid DNS name {name!r}") from None
             entries.append(x509.DNSName(name))
     return entries
 
@@ -112,6 +117,52 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
 
 def load_certificate(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def describe(path: Path, now: dt.datetime | None = None) -> dict[str, Any]:
+    """What a renewal script needs to know of a certificate (`scoregate certs show --json`).
+
+    ``days_left`` is whole days, rounded down (negative once expired); the fingerprint is
+    the SHA-256 of the DER certificate, as `openssl x509 -fingerprint -sha256` prints it.
+    """
+    try:
+        cert = load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise CertificateError(f"{path}: not a PEM certificate ({exc})") from exc
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = [str(entry.value) for entry in san]
+    except x509.ExtensionNotFound:
+        sans = []
+    try:
+        ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        ca = False
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        named = {
+            ExtendedKeyUsageOID.SERVER_AUTH: "server",
+            ExtendedKeyUsageOID.CLIENT_AUTH: "client",
+        }
+        usages = [named[u] for u in eku if u in named]
+    except x509.ExtensionNotFound:
+        usages = []
+    left = cert.not_valid_after_utc - (now or _now())
+    return {
+        "name": path.stem,
+        "path": str(path),
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "sans": sans,
+        "ca": ca,
+        "usage": "ca" if ca else (usages[0] if usages else None),
+        "serial": f"{cert.serial_number:x}",
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "days_left": left.days,
+        "expired": left.total_seconds() <= 0,
+        "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(":").upper(),
+    }
 
 
 def create_ca(

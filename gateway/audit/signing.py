@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,18 @@ def public_key_pem(public: Ed25519PublicKey) -> str:
     ).decode("ascii")
 
 
+_PEM_PUBLIC_KEY = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
+
+
 def load_public_key(path: Path) -> dict[str, Ed25519PublicKey]:
-    public = serialization.load_pem_public_key(path.read_bytes())
-    if not isinstance(public, Ed25519PublicKey):
-        raise ValueError(f"{path} is not an Ed25519 public key")
-    return {key_id_of(public): public}
+    """Every public key in a PEM file, by key id: `scoregate audit public-key` lists each
+    generation, so a trail signed across a key rotation verifies with its whole output."""
+    keys = {}
+    for block in _PEM_PUBLIC_KEY.findall(path.read_bytes()):
+        public = serialization.load_pem_public_key(block)
+        if not isinstance(public, Ed25519PublicKey):
+            raise ValueError(f"{path} holds a key that is not an Ed25519 public key")
+        keys[key_id_of(public)] = public
+    if not keys:
+        raise ValueError(f"{path} holds no PEM public key")
+    return keys

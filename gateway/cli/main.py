@@ -3,8 +3,8 @@
 scoregate serve                       run the gateway (HTTPS)
 scoregate demo [--once]               the whole stack on this machine, with real requests
 scoregate certs init|issue|show       the dev CA and certificates
-scoregate keys create|list|revoke     API keys in the secret store
-scoregate score MODEL --instances …   call the gateway as a client
+scoregate keys create|rotate|list|revoke  API keys in the secret store
+scoregate score MODEL --instances|--input|--image …  call the gateway as a client
 scoregate audit verify PATH…          check the audit trail's hash chain
 """
 
@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -27,11 +29,19 @@ from certs.authority import (
     DEFAULT_SERVER_NAMES,
     CertificateError,
     CertPaths,
+    InvalidName,
     create_ca,
+    describe,
     issue,
-    load_certificate,
 )
 from gateway.settings import GatewaySettings, unknown_environment
+
+if TYPE_CHECKING:  # imported where used: each command loads only what it needs
+    import datetime as dt
+
+    from gateway.identity.delivery import DeliveryTarget
+    from gateway.identity.lifecycle import Rotation
+    from gateway.secretstore.protocol import SecretStore
 
 T = TypeVar("T")
 
@@ -47,6 +57,54 @@ def _err(line: str) -> None:
 
 class SettingsError(Exception):
     pass
+
+
+# -- exit codes: one scheme for keys, certs and score (README, "The `scoregate` command") --
+EXIT_OK = 0
+EXIT_FAILED = 1  # refused as asked (no such key, a certificate exists); score: an error answer
+EXIT_USAGE = 2  # bad arguments or settings; nothing was changed (argparse exits 2 too)
+EXIT_UNREACHABLE = 3  # a store or vault failed, or the gateway could not be reached
+EXIT_KEY_LEFT_VALID = 4  # delivery failed and the new generation could not be revoked
+
+EXIT_CODES = """\
+exit codes:
+  0  done
+  1  refused as asked: no such key or version, no active generation to rotate, a
+     certificate that exists (without --force), no CA; score: the gateway answered an
+     error (its code and message on stderr)
+  2  usage: bad arguments or settings, an invalid --deliver-to URL; nothing was changed
+  3  a store failed: the secret store or the --deliver-to vault unreachable, throttling
+     or refusing; nothing is left changed (an undelivered generation is revoked, the
+     previous ones untouched): run again later. score: the gateway could not be reached
+  4  keys rotate --deliver-to: delivery failed and revoking the new generation failed
+     too: a valid key nobody holds exists; revoke the version printed, now
+with --json a failure is a JSON document on stdout too:
+  {"error": "<message>", "code": "<stable code>", ...}
+"""
+
+
+class Failure(Exception):
+    """How a command failed: its exit status, a stable code and a message for the operator."""
+
+    def __init__(self, exit_status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+        self.code = code
+        self.extra = extra
+
+
+def _reporting(args: argparse.Namespace, body: Callable[[], int]) -> int:
+    """Run a command; a failure goes to stderr, and with --json as a document to stdout."""
+    try:
+        return body()
+    except Failure as exc:
+        failure = exc
+    except (SettingsError, ValidationError) as exc:
+        failure = Failure(EXIT_USAGE, "invalid_settings", f"invalid settings: {exc}")
+    _err(str(failure))
+    if getattr(args, "json", False):
+        _out(json.dumps({"error": str(failure), "code": failure.code, **failure.extra}))
+    return failure.exit_status
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> GatewaySettings:
@@ -107,44 +165,94 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- certs ---------------------------------------------------------------------------
 def cmd_certs(args: argparse.Namespace) -> int:
+    return _reporting(args, lambda: _certs(args))
+
+
+def _certs(args: argparse.Namespace) -> int:
     paths = CertPaths(_settings(args).state_dir / "certs")
-    if args.certs_command == "init":
-        create_ca(paths, force=args.force)
-        _out(f"created CA {paths.ca_cert}")
-        issue(paths, "gateway", force=True)
-        _out(f"issued {paths.cert('gateway')} for {', '.join(DEFAULT_SERVER_NAMES)}")
-    elif args.certs_command == "issue":
-        names = tuple(args.san or DEFAULT_SERVER_NAMES)
-        issue(paths, args.name, server_names=names, client=args.client, force=args.force)
-        kind = "client" if args.client else "server"
-        _out(f"issued {paths.cert(args.name)} ({kind}) for {', '.join(names)}")
+    try:
+        if args.certs_command == "init":
+            create_ca(paths, force=args.force)
+            issue(paths, "gateway", force=True)
+            ca, leaf = describe(paths.ca_cert), describe(paths.cert("gateway"))
+            if args.json:
+                _out(json.dumps({"ca": ca, "issued": leaf}))
+            else:
+                _out(f"created CA {paths.ca_cert}")
+                _out(f"issued {paths.cert('gateway')} for {', '.join(DEFAULT_SERVER_NAMES)}")
+        elif args.certs_command == "issue":
+            names = tuple(args.san or DEFAULT_SERVER_NAMES)
+            issue(paths, args.name, server_names=names, client=args.client, force=args.force)
+            doc = describe(paths.cert(args.name))
+            if args.json:
+                _out(json.dumps(doc))
+            else:
+                _out(f"issued {doc['path']} ({doc['usage']}) for {', '.join(names)}")
+        else:
+            _certs_show(args, paths)
+    except InvalidName as exc:
+        raise Failure(EXIT_USAGE, "invalid_argument", str(exc)) from exc
+    except CertificateError as exc:
+        raise Failure(EXIT_FAILED, "certificate_refused", str(exc)) from exc
+    return EXIT_OK
+
+
+def _certs_show(args: argparse.Namespace, paths: CertPaths) -> None:
+    if args.names:
+        missing = [n for n in args.names if not paths.cert(n).is_file()]
+        if missing:
+            raise Failure(
+                EXIT_FAILED,
+                "certificate_not_found",
+                f"no certificate {', '.join(missing)} in {paths.root}",
+            )
+        pems = [paths.cert(n) for n in args.names]
     else:
-        for pem in sorted(paths.root.glob("*.pem")):
-            cert = load_certificate(pem)
-            subject = cert.subject.rfc4514_string()
-            expires = f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z"
-            _out(f"{pem.name:<16} {subject:<28} expires {expires}")
-    return 0
+        pems = sorted(paths.root.glob("*.pem"))
+        if not pems:
+            raise Failure(
+                EXIT_FAILED,
+                "no_certificates",
+                f"no certificates in {paths.root}; run `scoregate certs init`",
+            )
+    for pem in pems:
+        doc = describe(pem)
+        if args.json:
+            _out(json.dumps(doc))  # JSON lines: one certificate a line
+        else:
+            expires = doc["not_after"][:16].replace("T", " ")
+            _out(
+                f"{pem.name:<16} {doc['subject']:<28} expires {expires}Z "
+                f"({doc['days_left']} days left)"
+            )
 
 
 # -- keys ----------------------------------------------------------------------------
 def cmd_keys(args: argparse.Namespace) -> int:
+    return _reporting(args, lambda: _keys(args))
+
+
+def _keys(args: argparse.Namespace) -> int:
     from gateway.identity import lifecycle
+    from gateway.identity.delivery import DeliveryTargetError, parse_target
     from gateway.secretstore.factory import open_store
     from gateway.secretstore.protocol import SecretStoreError
 
     settings = _settings(args)
+    command = args.keys_command
 
-    async def go() -> int:
-        store = open_store(settings)
-        try:
-            return await keys_command(store)
-        finally:
-            await store.close()
+    # Every argument is checked before the store is touched: a usage error changes nothing.
+    try:
+        expires = lifecycle.parse_duration(args.expires) if getattr(args, "expires", None) else None
+        overlap = lifecycle.parse_duration(getattr(args, "overlap", None) or "24h")
+        target = parse_target(args.deliver_to) if getattr(args, "deliver_to", None) else None
+    except lifecycle.InvalidKeyRequest as exc:
+        raise Failure(EXIT_USAGE, exc.code, str(exc)) from exc
+    except DeliveryTargetError as exc:
+        raise Failure(EXIT_USAGE, "invalid_delivery_target", str(exc)) from exc
 
-    async def keys_command(store: Any) -> int:
-        if args.keys_command == "create":
-            expires = lifecycle.parse_duration(args.expires) if args.expires else None
+    async def run(store: SecretStore) -> None:
+        if command == "create":
             issued = await lifecycle.create(
                 store, owner=args.owner, scopes=args.scope, expires_in=expires
             )
@@ -155,38 +263,112 @@ def cmd_keys(args: argparse.Namespace) -> int:
             else:
                 _out(issued.key)
                 sys.stderr.write(
-                    f"key id {info['key_id']} for {info['owner']} ({info['scopes']}): "
+                    f"key id {info['key_id']} for {info['owner']} ({' '.join(info['scopes'])}): "
                     "store the key now, it is not shown again\n"
                 )
-        elif args.keys_command == "rotate":
-            issued = await lifecycle.rotate(
-                store, args.key_id, overlap=lifecycle.parse_duration(args.overlap)
-            )
-            _out(issued.key)  # shown once, like at creation
-            sys.stderr.write(
-                f"new generation {issued.generation.version} of {args.key_id}; the previous "
-                f"ones stay valid for {args.overlap}: store the key now, it is not shown again\n"
-            )
-        elif args.keys_command == "list":
+        elif command == "rotate":
+            await _rotate(args, store, overlap, expires, target)
+        elif command == "list":
             rows = [lifecycle.describe(g) for g in await lifecycle.list_keys(store)]
             if args.json:
                 for row in rows:
                     _out(json.dumps(row))
             else:
-                widths = {"key_id": 17, "version": 33, "state": 8, "owner": 12, "expires_on": 26}
-                _out(" ".join(f"{c.upper():<{w}}" for c, w in widths.items()) + " SCOPES")
-                for r in rows:
-                    _out(" ".join(f"{r[c]:<{w}}" for c, w in widths.items()) + f" {r['scopes']}")
+                _keys_table(rows)
         else:
             for generation in await lifecycle.revoke(store, args.key_id, args.version):
-                _out(f"revoked {generation.key_id} version {generation.version}")
-        return 0
+                if args.json:
+                    _out(json.dumps(lifecycle.describe(generation)))
+                else:
+                    _out(f"revoked {generation.key_id} version {generation.version}")
+
+    async def go() -> None:
+        try:
+            store = open_store(settings)
+        except SecretStoreError as exc:  # a setting missing (the vault's URL)
+            raise Failure(EXIT_USAGE, "invalid_settings", str(exc)) from exc
+        try:
+            await run(store)
+        finally:
+            await store.close()
 
     try:
-        return asyncio.run(go())
-    except (lifecycle.KeyAdminError, SecretStoreError) as exc:
-        _err(str(exc))
-        return 2
+        asyncio.run(go())
+    except lifecycle.DeliveryFailed as exc:
+        extra = {"key_id": exc.key_id, "version": exc.version, "revoked": exc.revoked}
+        if exc.revoked:
+            raise Failure(EXIT_UNREACHABLE, exc.code, str(exc), **extra) from exc
+        raise Failure(EXIT_KEY_LEFT_VALID, "undelivered_key_left_valid", str(exc), **extra) from exc
+    except lifecycle.InvalidKeyRequest as exc:
+        raise Failure(EXIT_USAGE, exc.code, str(exc)) from exc
+    except lifecycle.KeyAdminError as exc:
+        raise Failure(EXIT_FAILED, exc.code, str(exc)) from exc
+    except (SecretStoreError, OSError) as exc:
+        raise Failure(EXIT_UNREACHABLE, "store_failed", f"the secret store failed: {exc}") from exc
+    return EXIT_OK
+
+
+async def _rotate(
+    args: argparse.Namespace,
+    store: SecretStore,
+    overlap: dt.timedelta,
+    expires: dt.timedelta | None,
+    target: DeliveryTarget | None,
+) -> None:
+    """`keys rotate`: the new key printed once, or delivered to a vault and never shown."""
+    from gateway.identity import lifecycle
+    from gateway.identity.delivery import open_delivery
+
+    if target is None:
+        rotation = await lifecycle.rotate(store, args.key_id, overlap=overlap, expires_in=expires)
+        new = rotation.issued
+        if args.json:
+            _out(json.dumps({"key": new.key, **_rotated(rotation)}))
+        else:
+            _out(new.key)  # shown once, like at creation
+            sys.stderr.write(
+                f"new generation {new.generation.version} of {args.key_id}; the previous "
+                f"ones stay valid for {args.overlap}: store the key now, it is not shown again\n"
+            )
+        return
+    delivery = open_delivery(target)
+    try:
+        rotation, delivered = await lifecycle.rotate_and_deliver(
+            store, args.key_id, delivery, overlap=overlap, expires_in=expires
+        )
+    finally:
+        await delivery.close()
+    doc = {
+        **_rotated(rotation),
+        "delivered_to": delivered.url,
+        "secret_id": delivered.secret_id,
+        "secret_version": delivered.secret_version,
+    }
+    if args.json:
+        _out(json.dumps(doc))
+    else:
+        _out(
+            f"rotated {doc['key_id']}: generation {doc['version']} delivered to "
+            f"{delivered.url} (secret version {delivered.secret_version}); the previous "
+            f"generations stay valid for {args.overlap}"
+        )
+
+
+def _rotated(rotation: Rotation) -> dict[str, Any]:
+    from gateway.identity import lifecycle
+
+    return {
+        **lifecycle.describe(rotation.issued.generation),
+        "previous": [lifecycle.describe(g) for g in rotation.previous],
+    }
+
+
+def _keys_table(rows: list[dict[str, Any]]) -> None:
+    widths = {"key_id": 17, "version": 33, "state": 8, "owner": 12, "expires_on": 26}
+    _out(" ".join(f"{c.upper():<{w}}" for c, w in widths.items()) + " SCOPES")
+    for r in rows:
+        cells = {**r, "expires_on": r["expires_on"] or "-"}
+        _out(" ".join(f"{cells[c]:<{w}}" for c, w in widths.items()) + f" {' '.join(r['scopes'])}")
 
 
 # -- token ---------------------------------------------------------------------------
@@ -219,24 +401,179 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 # -- score ---------------------------------------------------------------------------
+# A key or a token given as the argument itself: arguments are visible to every user of
+# the machine (ps, /proc/<pid>/cmdline) and land in shell history, so they are refused.
+_SECRET_SHAPED = re.compile(r"sg_[a-z2-7]{16}_|eyJ[A-Za-z0-9_-]+\.")
+_IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+_MAX_IMAGE_BYTES = 16 * 1024 * 1024  # far above any model's limit; the gateway answers 413
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    return _reporting(args, lambda: _score(args))
+
+
+def _score(args: argparse.Namespace) -> int:
+    import http.client
+    from urllib.parse import quote
+
     from gateway.client import call
 
     settings = _settings(args)
-    api_key = os.environ.get("SCOREGATE_API_KEY")
-    if not api_key:
-        _err("set SCOREGATE_API_KEY to the API key (keys are never taken as arguments)")
-        return 2
+    api_key, token = _score_credential(args)
+    path, payload = _score_request(args, quote(args.model, safe=""))
+    url = f"{args.url.rstrip('/')}{path}"
     try:
-        instances = json.loads(args.instances)
-    except ValueError:
-        _err("--instances must be JSON, e.g. '[[5.1, 3.5, 1.4, 0.2]]'")
-        return 2
-    ca = args.ca or settings.ca_path
-    url = f"{args.url.rstrip('/')}/v1/models/{args.model}:predict"
-    reply = call(url, ca=ca, method="POST", payload={"instances": instances}, api_key=api_key)
-    _out(json.dumps(reply.body))
-    return 0 if reply.status == 200 else 1
+        reply = call(
+            url,
+            ca=args.ca or settings.ca_path,
+            method="POST",
+            payload=payload,
+            api_key=api_key,
+            bearer=token,
+            timeout_s=args.timeout,
+        )
+    except ValueError as exc:  # not an https:// URL
+        raise Failure(EXIT_USAGE, "invalid_argument", f"--url: {exc}") from exc
+    except (OSError, http.client.HTTPException) as exc:  # refused, reset, TLS, timeout
+        raise Failure(
+            EXIT_UNREACHABLE, "gateway_unreachable", f"cannot reach {args.url}: {exc}"
+        ) from exc
+    if reply.status == 200:
+        _out(json.dumps(reply.body))  # v1: {"predictions": …}; v2: {"model_name", "outputs": …}
+        return EXIT_OK
+    code, message, request_id = _error_of(reply.body)
+    request_id = request_id or reply.headers.get("x-request-id")
+    detail = f"HTTP {reply.status} {code}: {message}"
+    if reply.headers.get("retry-after"):
+        detail += f"; retry after {reply.headers['retry-after']} s"
+    if request_id:
+        detail += f" (request id {request_id})"
+    raise Failure(EXIT_FAILED, code, detail, status=reply.status, request_id=request_id)
+
+
+def _error_of(body: Any) -> tuple[str, str, str | None]:
+    """The code, message and request id of an error answer, in the Open Inference
+    Protocol's shape (``{"error": "<message>", "code", "request_id"}``) or the earlier
+    nested one (``{"error": {"code", "message", "request_id"}}``)."""
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            body, error = error, error.get("message")
+        if isinstance(error, str):
+            request_id = body.get("request_id")
+            return str(body.get("code") or "error"), error, str(request_id) if request_id else None
+    text = body if isinstance(body, str) else json.dumps(body)
+    return "error", text[:200], None
+
+
+def _read_secret(value: str, env: str, flag: str) -> str:
+    """A credential from the file a flag names (``-``: stdin), or from ``env`` for a bare flag."""
+    if value == "":
+        secret = os.environ.get(env, "").strip()
+        if not secret:
+            raise Failure(EXIT_USAGE, "invalid_argument", f"{flag} without a file: set ${env}")
+        return secret
+    if _SECRET_SHAPED.search(value):
+        raise Failure(
+            EXIT_USAGE,
+            "invalid_argument",
+            f"{flag} takes a file holding the credential, never the credential itself "
+            f"(arguments are visible to everyone in ps): use a file, - for stdin, or ${env}",
+        )
+    try:
+        secret = (sys.stdin.read() if value == "-" else Path(value).read_text("utf-8")).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Failure(
+            EXIT_USAGE, "invalid_argument", f"{flag}: cannot read {value}: {exc}"
+        ) from exc
+    if not secret:
+        raise Failure(EXIT_USAGE, "invalid_argument", f"{flag}: {value} is empty")
+    return secret
+
+
+def _score_credential(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(API key, JWT): exactly one, from a file or the environment, never from argv."""
+    if args.api_key is not None and args.jwt is not None:
+        raise Failure(EXIT_USAGE, "invalid_argument", "give --api-key or --jwt, not both")
+    if args.api_key is not None:
+        return _read_secret(args.api_key, "SCOREGATE_API_KEY", "--api-key"), None
+    if args.jwt is not None:
+        return None, _read_secret(args.jwt, "SCOREGATE_JWT", "--jwt")
+    key = os.environ.get("SCOREGATE_API_KEY", "").strip()
+    token = os.environ.get("SCOREGATE_JWT", "").strip()
+    if key and token:
+        raise Failure(
+            EXIT_USAGE,
+            "invalid_argument",
+            "both $SCOREGATE_API_KEY and $SCOREGATE_JWT are set: choose with --api-key or --jwt",
+        )
+    if not key and not token:
+        raise Failure(
+            EXIT_USAGE,
+            "invalid_argument",
+            "no credential: set $SCOREGATE_API_KEY or $SCOREGATE_JWT, or give --api-key FILE "
+            "or --jwt FILE (keys and tokens are never taken as arguments)",
+        )
+    return key or None, token or None
+
+
+def _read_input(path: str, what: str) -> bytes:
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with Path(path).open("rb") as fh:
+            data = fh.read(_MAX_IMAGE_BYTES + 1)
+    except OSError as exc:
+        raise Failure(EXIT_USAGE, "invalid_argument", f"{what}: cannot read {path}: {exc}") from exc
+    if len(data) > _MAX_IMAGE_BYTES:
+        raise Failure(EXIT_USAGE, "invalid_argument", f"{what}: {path} is over 16 MiB")
+    return data
+
+
+def _score_request(args: argparse.Namespace, model: str) -> tuple[str, dict[str, Any]]:
+    """The path and body: v1 ``instances``, a v2 request file, or an image as a v2 BYTES tensor."""
+    outputs = [{"name": name} for name in args.output or ()]
+    if args.instances is not None:
+        if outputs:
+            raise Failure(EXIT_USAGE, "invalid_argument", "--output is for v2 (--input, --image)")
+        try:
+            instances = json.loads(args.instances)
+        except ValueError as exc:
+            raise Failure(
+                EXIT_USAGE,
+                "invalid_argument",
+                "--instances must be JSON, e.g. '[[5.1, 3.5, 1.4, 0.2]]'",
+            ) from exc
+        return f"/v1/models/{model}:predict", {"instances": instances}
+    if args.input is not None:
+        try:
+            body = json.loads(_read_input(args.input, "--input"))
+        except ValueError as exc:
+            raise Failure(
+                EXIT_USAGE, "invalid_argument", f"--input: {args.input} is not JSON ({exc})"
+            ) from exc
+        if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+            raise Failure(
+                EXIT_USAGE,
+                "invalid_argument",
+                f'--input: {args.input} is not a v2 inference request ({{"inputs": [...]}})',
+            )
+        if outputs:
+            body["outputs"] = outputs
+        return f"/v2/models/{model}/infer", body
+    image = _read_input(args.image, "--image")
+    if not any(image.startswith(magic) for magic in _IMAGE_MAGIC):
+        raise Failure(EXIT_USAGE, "invalid_argument", f"--image: {args.image} is not a PNG or JPEG")
+    tensor = {
+        "name": args.input_name,
+        "datatype": "BYTES",
+        "shape": [1],
+        "data": [base64.b64encode(image).decode("ascii")],
+    }
+    return f"/v2/models/{model}/infer", {
+        "inputs": [tensor],
+        **({"outputs": outputs} if outputs else {}),
+    }
 
 
 # -- audit ---------------------------------------------------------------------------
@@ -283,17 +620,33 @@ def cmd_audit(args: argparse.Namespace) -> int:
     command = args.audit_command
     if command == "keygen":
         signer = _with_store(args, signing.generate)
-        _out(
-            f"new audit signing key {signer.key_id}; checkpoints use it from the next gateway start"
-        )
+        pem = signing.public_key_pem(signer.private_key.public_key())
+        if args.json:
+            _out(json.dumps({"key_id": signer.key_id, "algorithm": "Ed25519", "public_key": pem}))
+        else:
+            _out(
+                f"new audit signing key {signer.key_id}; checkpoints use it from the next "
+                "gateway start; the earlier public keys stay listed (`scoregate audit "
+                "public-key`) to verify what they signed"
+            )
         return 0
     if command == "public-key":
+        # Every enabled generation, oldest first: a trail signed across a key rotation
+        # verifies with this whole list (`audit verify --public-key` reads every key in it).
         keys = _with_store(args, signing.public_keys)
         if not keys:
             _err("no audit signing key in the store")
+            if args.json:
+                _out(json.dumps({"error": "no audit signing key in the store", "code": "no_key"}))
             return 1
+        newest = list(keys)[-1]
         for key_id, public in keys.items():
-            _out(f"# key id {key_id}\n{signing.public_key_pem(public)}")
+            pem = signing.public_key_pem(public)
+            if args.json:
+                doc = {"key_id": key_id, "algorithm": "Ed25519", "newest": key_id == newest}
+                _out(json.dumps({**doc, "public_key": pem}))
+            else:
+                _out(f"# key id {key_id}{' (newest)' if key_id == newest else ''}\n{pem}")
         return 0
     if command == "verify":
         return _audit_verify(args)
@@ -411,31 +764,69 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--gpu-scorer-port", type=int, default=9002, help="PyTorch scorer")
     demo.set_defaults(func=cmd_demo)
 
-    certs = sub.add_parser("certs", help="dev CA and certificates")
+    # --json and the exit codes, shared by every keys and certs command.
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument(
+        "--json", action="store_true", help="one JSON document (JSON lines for lists) on stdout"
+    )
+    raw = argparse.RawDescriptionHelpFormatter
+    certs = sub.add_parser(
+        "certs", help="dev CA and certificates", epilog=EXIT_CODES, formatter_class=raw
+    )
     csub = certs.add_subparsers(dest="certs_command", required=True)
-    init = csub.add_parser("init", help="create the CA and the gateway's server certificate")
+    init = csub.add_parser(
+        "init", parents=[as_json], help="create the CA and the gateway's server certificate"
+    )
     init.add_argument("--force", action="store_true", help="replace an existing CA")
-    iss = csub.add_parser("issue", help="issue (or with --force renew) a certificate")
+    iss = csub.add_parser(
+        "issue", parents=[as_json], help="issue (or with --force renew) a certificate"
+    )
     iss.add_argument("name")
     iss.add_argument("--san", action="append", help="DNS name or IP (repeat)")
     iss.add_argument("--client", action="store_true", help="a client certificate (mTLS)")
     iss.add_argument("--force", action="store_true")
-    csub.add_parser("show", help="list certificates and their expiry")
+    shw = csub.add_parser(
+        "show",
+        parents=[as_json],
+        help="certificates: subject, SANs, expiry, days left, SHA-256 fingerprint",
+    )
+    shw.add_argument("names", nargs="*", help="certificate names (default: all)")
     certs.set_defaults(func=cmd_certs)
 
-    keys = sub.add_parser("keys", help="API keys in the secret store")
+    keys = sub.add_parser(
+        "keys", help="API keys in the secret store", epilog=EXIT_CODES, formatter_class=raw
+    )
     ksub = keys.add_subparsers(dest="keys_command", required=True)
-    create = ksub.add_parser("create", help="issue a key; its secret is printed once")
+    create = ksub.add_parser(
+        "create", parents=[as_json], help="issue a key; its secret is printed once"
+    )
     create.add_argument("--owner", required=True)
     create.add_argument("--scope", action="append", required=True, help="e.g. models:iris (repeat)")
     create.add_argument("--expires", help="lifetime, e.g. 90d")
-    create.add_argument("--json", action="store_true")
-    rot = ksub.add_parser("rotate", help="new generation; the old stays valid for --overlap")
+    rot = ksub.add_parser(
+        "rotate",
+        parents=[as_json],
+        help="new generation; the old stays valid for --overlap",
+        epilog=EXIT_CODES,
+        formatter_class=raw,
+    )
     rot.add_argument("key_id")
     rot.add_argument("--overlap", default="24h", help="how long the old generation stays valid")
-    lst = ksub.add_parser("list", help="every key generation and its state (no secrets)")
-    lst.add_argument("--json", action="store_true")
-    rev = ksub.add_parser("revoke", help="disable a key (all generations, or one --version)")
+    rot.add_argument(
+        "--expires", help="the new generation's lifetime (default: the newest one's lifetime)"
+    )
+    rot.add_argument(
+        "--deliver-to",
+        metavar="URL",
+        help="write the new key as a new version of this Key Vault secret "
+        "(https://<vault>.vault.azure.net/secrets/<name>) instead of printing it",
+    )
+    ksub.add_parser(
+        "list", parents=[as_json], help="every key generation and its state (no secrets)"
+    )
+    rev = ksub.add_parser(
+        "revoke", parents=[as_json], help="disable a key (all generations, or one --version)"
+    )
     rev.add_argument("key_id")
     rev.add_argument("--version")
     keys.set_defaults(func=cmd_keys)
@@ -450,12 +841,35 @@ def parser() -> argparse.ArgumentParser:
     token.set_defaults(func=cmd_token)
 
     score = sub.add_parser(
-        "score", help="score instances through the gateway (key in $SCOREGATE_API_KEY)"
+        "score",
+        help="score through the gateway (credential from a file or $SCOREGATE_API_KEY/_JWT)",
+        epilog=EXIT_CODES,
+        formatter_class=raw,
     )
     score.add_argument("model")
-    score.add_argument("--instances", required=True, help="JSON list of rows")
+    body = score.add_mutually_exclusive_group(required=True)
+    body.add_argument("--instances", help="v1: JSON list of rows, e.g. '[[5.1, 3.5, 1.4, 0.2]]'")
+    body.add_argument("--input", metavar="FILE", help="v2: a JSON inference request file (- stdin)")
+    body.add_argument("--image", metavar="FILE", help="v2: a PNG or JPEG, as a BYTES tensor")
+    score.add_argument("--input-name", default="image", help="the image tensor's name")
+    score.add_argument("--output", action="append", help="v2: an output to ask for (repeat)")
+    score.add_argument(
+        "--api-key",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="API key from FILE (- stdin), or bare: from $SCOREGATE_API_KEY",
+    )
+    score.add_argument(
+        "--jwt",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="bearer token from FILE (- stdin), or bare: from $SCOREGATE_JWT",
+    )
     score.add_argument("--url", default="https://localhost:8443")
     score.add_argument("--ca", type=Path, help="CA to trust (default: the dev CA)")
+    score.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     score.set_defaults(func=cmd_score)
 
     audit = sub.add_parser("audit", help="review the audit trail")
@@ -487,8 +901,16 @@ def parser() -> argparse.ArgumentParser:
     qry.add_argument("--status", type=int)
     qry.add_argument("--limit", type=int, help="stop after N records")
     rep.add_argument("--html", type=Path, help="write a self-contained HTML page here")
-    asub.add_parser("keygen", help="create a new checkpoint signing key in the secret store")
-    asub.add_parser("public-key", help="print the checkpoint public keys (PEM) for reviewers")
+    asub.add_parser(
+        "keygen",
+        parents=[as_json],
+        help="create a new checkpoint signing key (the earlier ones stay listed)",
+    )
+    asub.add_parser(
+        "public-key",
+        parents=[as_json],
+        help="print every checkpoint public key (PEM), oldest first, for reviewers",
+    )
     audit.set_defaults(func=cmd_audit)
     return p
 

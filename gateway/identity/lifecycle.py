@@ -111,27 +111,116 @@ async def create(
     return IssuedKey(key, KeyGeneration.from_secret(key_id, version))
 
 
-async def rotate(store: SecretStore, key_id: str, *, overlap: dt.timedelta) -> IssuedKey:
+@dataclass(frozen=True)
+class Rotation:
+    """A rotation's outcome: the new generation and the previous ones, cut to the overlap."""
+
+    issued: IssuedKey
+    previous: tuple[KeyGeneration, ...]
+
+
+def _key_id(key_id: str) -> str:
+    if not apikeys.KEY_ID_PATTERN.fullmatch(key_id):
+        raise InvalidKeyRequest(f"invalid key id {key_id!r} (16 characters a-z, 2-7)")
+    return key_id
+
+
+async def _new_generation(
+    store: SecretStore, key_id: str, expires_in: dt.timedelta | None
+) -> tuple[IssuedKey, list[SecretVersion]]:
+    """Write a new generation beside the usable ones (returned too), which stay as they are.
+
+    Its lifetime is ``expires_in``, else the newest generation's own lifetime: a key made
+    for 90 days gets 90 days from each rotation, so a scheduled rotation never runs into
+    the first generation's end.
+    """
+    name = secret_name(_key_id(key_id))
+    now = utcnow()
+    versions = await store.versions(name)
+    if not versions:
+        raise KeyNotFound(f"no key with id {key_id!r}")
+    current = [v for v in versions if v.usable(now)]
+    if not current:
+        raise NoActiveGeneration(f"key {key_id!r} has no active generation to rotate")
+    newest = current[-1]
+    if expires_in is None and newest.expires_on is not None:
+        expires_in = newest.expires_on - newest.created_on
+    key = apikeys.new_key(key_id)
+    version = await store.set(
+        name,
+        apikeys.digest(key),
+        tags=dict(newest.tags),
+        expires_on=now + expires_in if expires_in else None,
+    )
+    return IssuedKey(key, KeyGeneration.from_secret(key_id, version)), current
+
+
+async def _cut_to_overlap(
+    store: SecretStore, key_id: str, current: list[SecretVersion], overlap: dt.timedelta
+) -> tuple[KeyGeneration, ...]:
+    ends = utcnow() + overlap
+    cut = []
+    for old in current:
+        if old.expires_on is None or old.expires_on > ends:
+            old = await store.update(old.name, old.version, expires_on=ends)
+        cut.append(KeyGeneration.from_secret(key_id, old))
+    return tuple(cut)
+
+
+async def rotate(
+    store: SecretStore,
+    key_id: str,
+    *,
+    overlap: dt.timedelta,
+    expires_in: dt.timedelta | None = None,
+) -> Rotation:
     """A new generation of ``key_id``; the current ones stay valid for ``overlap`` only.
 
     The new generation is written first, so at every moment some generation is valid.
     """
-    name = secret_name(key_id)
-    versions = await store.versions(name)
-    now = utcnow()
-    current = [v for v in versions if v.usable(now)]
-    if not current:
-        raise KeyAdminError(f"key {key_id!r} has no active generation to rotate")
-    key = apikeys.new_key(key_id)
-    newest = current[-1]
-    version = await store.set(
-        name, apikeys.digest(key), tags=dict(newest.tags), expires_on=newest.expires_on
-    )
-    ends = now + overlap
-    for old in current:
-        if old.expires_on is None or old.expires_on > ends:
-            await store.update(name, old.version, expires_on=ends)
-    return IssuedKey(key, KeyGeneration.from_secret(key_id, version))
+    issued, current = await _new_generation(store, key_id, expires_in)
+    return Rotation(issued, await _cut_to_overlap(store, key_id, current, overlap))
+
+
+async def rotate_and_deliver(
+    store: SecretStore,
+    key_id: str,
+    deliver: Callable[[IssuedKey], Awaitable[T]],
+    *,
+    overlap: dt.timedelta,
+    expires_in: dt.timedelta | None = None,
+) -> tuple[Rotation, T]:
+    """`rotate`, handing the new key to ``deliver`` before the previous generations are cut.
+
+    When delivery fails the new generation is revoked at once (nobody holds it, so it must
+    not stay valid: OWASP Secrets Management cheat sheet, "secrets lifecycle") and the
+    previous generations are left exactly as they were, so the consumer keeps working and
+    the job can simply run again. `DeliveryFailed` says whether the revocation held.
+    """
+    issued, current = await _new_generation(store, key_id, expires_in)
+    version = issued.generation.version
+    try:
+        receipt = await deliver(issued)
+    except Exception as exc:
+        try:
+            await store.update(secret_name(key_id), version, enabled=False)
+        except (SecretStoreError, OSError) as revoke_exc:
+            raise DeliveryFailed(
+                f"delivery failed ({exc}); revoking the undelivered generation {version} "
+                f"failed too ({revoke_exc}): it is VALID and nobody holds it; revoke it now "
+                f"with `scoregate keys revoke {key_id} --version {version}`",
+                key_id=key_id,
+                version=version,
+                revoked=False,
+            ) from exc
+        raise DeliveryFailed(
+            f"delivery failed ({exc}); the new generation {version} was revoked and the "
+            "previous generations are unchanged",
+            key_id=key_id,
+            version=version,
+            revoked=True,
+        ) from exc
+    return Rotation(issued, await _cut_to_overlap(store, key_id, current, overlap)), receipt
 
 
 async def list_keys(store: SecretStore) -> list[KeyGeneration]:
@@ -146,7 +235,7 @@ async def revoke(
     store: SecretStore, key_id: str, version: str | None = None
 ) -> list[KeyGeneration]:
     """Disable one generation, or every generation of the key when no version is given."""
-    versions = await store.versions(secret_name(key_id))
+    versions = await store.versions(secret_name(_key_id(key_id)))
     if not versions:
         raise KeyNotFound(f"no key with id {key_id!r}")
     targets = [v for v in versions if version is None or v.version == version]
@@ -160,12 +249,13 @@ async def revoke(
     return revoked
 
 
-def describe(generation: KeyGeneration, now: dt.datetime | None = None) -> dict[str, str]:
+def describe(generation: KeyGeneration, now: dt.datetime | None = None) -> dict[str, Any]:
+    """A generation as `keys list --json` prints it (stable member names; never a digest)."""
     return {
         "key_id": generation.key_id,
         "version": generation.version,
         "owner": generation.owner,
-        "scopes": " ".join(sorted(generation.scopes)),
+        "scopes": sorted(generation.scopes),
         "state": generation.state(now or utcnow()),
-        "expires_on": generation.expires_on.isoformat() if generation.expires_on else "-",
+        "expires_on": generation.expires_on.isoformat() if generation.expires_on else None,
     }

@@ -69,7 +69,10 @@ async def test_rotation_overlap_then_revocation(store: SecretStore) -> None:
     first = await lifecycle.create(store, owner="client", scopes=["models:iris"])
     await ring.refresh()
     assert authenticate(first.key, ring, utcnow()).subject == "client"
-    second = await lifecycle.rotate(store, first.generation.key_id, overlap=dt.timedelta(seconds=2))
+    rotation = await lifecycle.rotate(
+        store, first.generation.key_id, overlap=dt.timedelta(seconds=2)
+    )
+    second = rotation.issued
     await ring.refresh()
     # During the overlap both generations are accepted.
     assert authenticate(first.key, ring, utcnow()).key_version == first.generation.version
