@@ -40,6 +40,7 @@ class _Version:
     created: int
     exp: int | None = None
     nbf: int | None = None
+    content_type: str | None = None
 
 
 @dataclass
@@ -82,6 +83,8 @@ def build_app(state: VaultState) -> web.Application:
             "attributes": _attributes(v),
             "tags": v.tags,
         }
+        if v.content_type is not None:
+            out["contentType"] = v.content_type
         if value:
             out["value"] = v.value
         return out
@@ -122,6 +125,7 @@ def build_app(state: VaultState) -> web.Application:
             created=int(time.time()),
             exp=attrs.get("exp"),
             nbf=attrs.get("nbf"),
+            content_type=body.get("contentType"),
         )
         state.secrets.setdefault(name, []).append(v)
         return web.json_response(bundle(request, name, v, value=True))
@@ -221,6 +225,7 @@ def build_app(state: VaultState) -> web.Application:
     app.router.add_get("/secrets/{name}/versions", list_versions)
     app.router.add_get("/secrets/{name}/{version}", get_secret)
     app.router.add_get("/secrets/{name}", get_secret)
+    app.router.add_get("/secrets/{name}/", get_secret)  # the SDK's path for the newest version
     app.router.add_patch("/secrets/{name}/{version}", update_secret)
     return app
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, HttpResponseError
 
 from gateway.identity.lifecycle import IssuedKey
 
@@ -122,9 +122,7 @@ class KeyVaultDelivery:
                 f"Key Vault {self.target.vault_url}: no answer in {DELIVERY_TIMEOUT_S:.0f} s"
             ) from exc
         except AzureError as exc:
-            # The SDK's message names the status and the vault's error code, never the value.
-            reason = getattr(exc, "message", None) or type(exc).__name__
-            raise DeliveryError(f"Key Vault {self.target.url}: {reason}") from exc
+            raise DeliveryError(f"Key Vault {self.target.url}: {_reason(exc)}") from exc
         return Delivered(
             url=self.target.url,
             secret_id=str(secret.id),
@@ -134,6 +132,16 @@ class KeyVaultDelivery:
     async def close(self) -> None:
         await self._client.close()
         await self._credential.close()
+
+
+def _reason(exc: AzureError) -> str:
+    """One line: the status and the vault's error code and message (never the request's
+    body, so never the key), or the transport's error."""
+    if isinstance(exc, HttpResponseError):
+        error = exc.error
+        detail = f" {error.code}: {error.message}" if error is not None else ""
+        return " ".join(f"HTTP {exc.status_code}{detail}".split())
+    return " ".join(str(exc.message or type(exc).__name__).split())
 
 
 def open_delivery(target: DeliveryTarget) -> KeyVaultDelivery:
