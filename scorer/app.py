@@ -10,6 +10,7 @@ Quart serves health, metadata, and ``/metrics`` with the batchers' Prometheus se
 from __future__ import annotations
 
 import logging
+from importlib import metadata
 from typing import Any
 
 import orjson
@@ -60,6 +61,18 @@ def create_app(
         name: scheduler_for(runtime, metrics, inline_budget_s=inline_budget_s)
         for name, runtime in models.items()
     }
+    # The protocol's model metadata, outputs with their datatype and shape: learnt once,
+    # from what each model produces for one row of zeros.
+    described = {
+        name: dataplane.metadata(
+            runtime.settings,
+            dataplane.output_metadata(
+                runtime.settings,
+                runtime.predict(dataplane.example_batch(runtime.settings), runtime.outputs),
+            ),
+        )
+        for name, runtime in models.items()
+    }
 
     @app.before_serving
     async def _start() -> None:
@@ -72,9 +85,9 @@ def create_app(
         for scheduler in schedulers.values():
             await scheduler.stop()
 
-    def model(name: str) -> Runtime:
+    def model(name: str, version: str | None = None) -> Runtime:
         runtime = models.get(name)
-        if runtime is None:
+        if runtime is None or (version is not None and version != runtime.settings.version):
             raise ModelNotFound(f"model {name!r} is not served here")
         return runtime
 
@@ -110,22 +123,34 @@ def create_app(
 
     @app.get("/v2")
     async def server_metadata() -> Response:
-        return _json({"name": "scoregate-scorer", "version": "0.1.0", "extensions": []})
+        return _json(
+            {
+                "name": "scoregate-scorer",
+                "version": metadata.version("scoregate"),
+                "extensions": ["binary_tensor_data"],
+            }
+        )
 
     @app.get("/v2/models/<name>")
-    async def model_metadata(name: str) -> Response:
-        runtime = model(name)
-        return _json(dataplane.metadata(runtime.settings, runtime.outputs))
+    @app.get("/v2/models/<name>/versions/<version>")
+    async def model_metadata(name: str, version: str | None = None) -> Response:
+        model(name, version)
+        return _json(described[name])
 
     @app.get("/v2/models/<name>/ready")
-    async def model_ready(name: str) -> Response:
-        model(name)
+    @app.get("/v2/models/<name>/versions/<version>/ready")
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        model(name, version)
         return _json({"name": name, "ready": True})
 
     # The scoring POSTs are answered by `scorer.fastpath` before Quart sees them; their
     # rules stay here so that Quart answers any other method on them with 405.
     @app.post("/v2/models/<name>/infer")
     async def infer(name: str) -> Response:
+        raise InternalError("scoring path bypassed")
+
+    @app.post("/v2/models/<name>/versions/<version>/infer")
+    async def infer_version(name: str, version: str) -> Response:
         raise InternalError("scoring path bypassed")
 
     @app.post("/v1/models/<name>:predict")

@@ -41,10 +41,12 @@ from serving.asgi import (
     read_body,
     send_json,
 )
+from serving.binary import HEADER_BYTES, BinaryFormatError, chunks, join, split
 
 log = logging.getLogger("scorer")
 _ROUTES = (
     (re.compile(r"/v2/models/([^/]+)/infer"), "v2"),
+    (re.compile(r"/v2/models/([^/]+)/versions/(?P<version>[^/]+)/infer"), "v2"),
     (re.compile(r"/v1/models/([^/]+):predict"), "v1"),
 )
 # A body that has not arrived in this time is abandoned (the gateway's own limit is
@@ -57,7 +59,7 @@ def error_body(exc: ScorerError) -> bytes:
     return orjson.dumps({"error": exc.message, "code": exc.code})
 
 
-Decode = Callable[[Any, ModelSettings], np.ndarray[Any, Any]]
+Decode = Callable[..., np.ndarray[Any, Any]]
 
 
 # A body this large is converted off the event loop: about 150 ms of numpy work per MiB
@@ -66,13 +68,13 @@ INLINE_DECODE_BYTES = 64 * 1024
 
 
 async def _decoded(
-    decode: Decode, body: Any, settings: ModelSettings, size: int
+    decode: Decode, body: Any, settings: ModelSettings, size: int, *args: Any
 ) -> np.ndarray[Any, Any]:
     if settings.image is None and size <= INLINE_DECODE_BYTES:
-        return decode(body, settings)
+        return decode(body, settings, *args)
     # Decoding PNG/JPEG, or converting a large body, is CPU work: off the event loop,
     # like the model itself.
-    return await asyncio.to_thread(decode, body, settings)
+    return await asyncio.to_thread(decode, body, settings, *args)
 
 
 class ScoringPath:
@@ -94,8 +96,8 @@ class ScoringPath:
     ) -> None:
         matched = match_post(scope, _ROUTES)
         if matched is not None:
-            kind, name = matched
-            await self._serve(scope, receive, send, name, kind)
+            kind, name, version = matched
+            await self._serve(scope, receive, send, name, kind, version)
             return
         await self._app(scope, receive, send)
 
@@ -106,15 +108,21 @@ class ScoringPath:
         send: ASGISendCallable,
         name: str,
         kind: str,
+        version: str | None,
     ) -> None:
         assert scope["type"] == "http"  # noqa: S101 - dispatched on it
-        declared = None
+        declared = binary_header = None
         for header, value in scope["headers"]:
             if header == b"content-length":
                 declared = value.decode("latin-1")
-                break
+            elif header == HEADER_BYTES:
+                binary_header = value
+        json_size = None
         try:
-            status, body = 200, await self._score(receive, name, kind, declared)
+            body, json_size = await self._score(
+                receive, name, kind, version, declared, binary_header
+            )
+            status = 200
         except ClientGone:
             return  # nobody to answer; a batch skips the abandoned request
         except ScorerError as exc:
@@ -124,13 +132,21 @@ class ScoringPath:
             log.exception("unhandled error")
             error = InternalError()
             status, body = error.status, error_body(error)
-        await send_json(send, status, body)
+        await send_json(send, status, body, inference_header=json_size)
 
     async def _score(
-        self, receive: ASGIReceiveCallable, name: str, kind: str, declared: str | None
-    ) -> bytes:
+        self,
+        receive: ASGIReceiveCallable,
+        name: str,
+        kind: str,
+        version: str | None,
+        declared: str | None,
+        binary_header: bytes | None,
+    ) -> tuple[bytes, int | None]:
+        """The answer's body, and the size of its JSON header when outputs follow it in
+        binary (serving.binary)."""
         runtime = self._models.get(name)
-        if runtime is None:
+        if runtime is None or (version is not None and version != runtime.settings.version):
             raise ModelNotFound(f"model {name!r} is not served here")
         scheduler = self._schedulers[name]
         settings = runtime.settings
@@ -143,13 +159,27 @@ class ScoringPath:
                 raise PayloadTooLarge(f"body exceeds {self._limit} bytes") from None
             except BodyTimeout:
                 raise RequestTimeout("the body did not arrive in time") from None
+            binary: list[memoryview | None] | None = None
             try:
-                body = orjson.loads(raw)
+                if binary_header is None:
+                    body = orjson.loads(raw)
+                else:
+                    if kind != "v2":
+                        raise InvalidInput("binary tensor data is accepted on v2 inference only")
+                    header, rest = split(raw, binary_header)
+                    body = orjson.loads(header)
+                    inputs = body.get("inputs") if isinstance(body, dict) else None
+                    if not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
+                        raise InvalidInput("'inputs' must be a list of tensors")
+                    binary = chunks(inputs, rest)
             except orjson.JSONDecodeError:
                 raise InvalidInput("the body is not valid JSON") from None
+            except BinaryFormatError as exc:
+                raise InvalidInput(str(exc)) from None
+            wanted_binary: frozenset[str] = frozenset()
             if kind == "v2":
-                names = dataplane.requested_outputs(body, runtime.outputs)
-                batch = await _decoded(dataplane.decode_v2, body, settings, len(raw))
+                names, wanted_binary = dataplane.requested_outputs(body, runtime.outputs)
+                batch = await _decoded(dataplane.decode_v2, body, settings, len(raw), binary)
             else:
                 names = runtime.outputs[:1]
                 batch = await _decoded(dataplane.decode_v1, body, settings, len(raw))
@@ -162,6 +192,10 @@ class ScoringPath:
                 raise ClientGone from None
         dataplane.check_outputs(outputs)
         if kind == "v1":
-            return orjson.dumps(dataplane.encode_v1(outputs))
+            return orjson.dumps(dataplane.encode_v1(outputs)), None
         request_id = body.get("id") if isinstance(body.get("id"), str) else None
-        return orjson.dumps(dataplane.encode_v2(outputs, settings, request_id))
+        response, parts = dataplane.encode_v2(outputs, settings, request_id, wanted_binary)
+        encoded = orjson.dumps(response)
+        if not parts:
+            return encoded, None
+        return join(encoded, parts)

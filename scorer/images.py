@@ -85,6 +85,14 @@ def batch_from_base64(items: list[Any], spec: ImageSpec) -> np.ndarray[Any, Any]
     return np.stack([to_tensor(decode_base64(item, spec), spec) for item in items])
 
 
+def batch_from_bytes(items: list[memoryview], spec: ImageSpec) -> np.ndarray[Any, Any]:
+    """A batch of raw encoded images (the binary extension's BYTES elements), each within
+    the same size limit as a decoded base64 one."""
+    if not items:
+        raise InvalidInput("the batch is empty")
+    return np.stack([to_tensor(bytes(item), spec) for item in items])
+
+
 def encode_png(pixels: np.ndarray[Any, Any]) -> str:
     """A uint8 (height, width) or (height, width, 3) array as base64 PNG (clients, demo)."""
     buffer = io.BytesIO()

@@ -16,20 +16,24 @@ from typing import Any, TypeVar
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 JSON_TYPE = (b"content-type", b"application/json")
+BINARY_TYPE = (b"content-type", b"application/octet-stream")
 T = TypeVar("T")
 
 
-def match_post(scope: Scope, routes: Iterable[tuple[re.Pattern[str], T]]) -> tuple[T, str] | None:
-    """For an HTTP POST whose path matches one of the patterns (each with one group, the
-    model's name, as Werkzeug's default converter writes it): that route's value and the
-    name; None for anything else, which the Quart app behind answers."""
+def match_post(
+    scope: Scope, routes: Iterable[tuple[re.Pattern[str], T]]
+) -> tuple[T, str, str | None] | None:
+    """For an HTTP POST whose path matches one of the patterns (each with a first group,
+    the model's name, as Werkzeug's default converter writes it, and maybe a group named
+    ``version``): that route's value, the name and the version asked for; None for
+    anything else, which the Quart app behind answers."""
     if scope["type"] != "http" or scope["method"] != "POST":
         return None
     path = scope["path"]
     for pattern, value in routes:
         found = pattern.fullmatch(path)
         if found is not None:
-            return value, found.group(1)
+            return value, found.group(1), found.groupdict().get("version")
     return None
 
 
@@ -101,14 +105,25 @@ def cancel_if_client_leaves(receive: ASGIReceiveCallable) -> Iterator[Callable[[
 
 
 async def send_json(
-    send: ASGISendCallable, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()
+    send: ASGISendCallable,
+    status: int,
+    body: bytes,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    *,
+    inference_header: int | None = None,
 ) -> None:
-    """A complete JSON answer in two ASGI messages (one write with serving.hazmat.hypercorn_h11)."""
+    """A complete JSON answer in two ASGI messages (one write with serving.hazmat.hypercorn_h11);
+    with ``inference_header``, a JSON header of that size followed by binary tensors
+    (serving.binary), as ``application/octet-stream``."""
+    if inference_header is None:
+        framing = [JSON_TYPE]
+    else:
+        framing = [BINARY_TYPE, (b"inference-header-content-length", b"%d" % inference_header)]
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [JSON_TYPE, (b"content-length", str(len(body)).encode()), *headers],
+            "headers": [*framing, (b"content-length", str(len(body)).encode()), *headers],
         }
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})

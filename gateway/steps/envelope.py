@@ -11,6 +11,11 @@ must hold exactly the product of its shape; the elements are bounded per model
 width (``row_elements``), every v1 instance must have that width and the rate-limit cost
 is the rows that many elements make: a row 100,000 numbers wide costs like 25,000 rows of
 four. Counting walks the lists without recursion and stops at the bound.
+
+Tensors may travel in binary after the JSON (the protocol's binary tensor data extension,
+`serving.binary`): their bytes must be exactly what their datatype and shape declare, and
+they are charged the elements they carry like JSON ones; of their bytes only a BYTES
+tensor's element lengths are read, never the values.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.errors import InvalidRequest, PayloadTooLarge
+from serving.binary import BinaryFormatError, check_size, chunks
 from serving.tensors import count_leaves
 
 Kind = Literal["v1", "v2"]
@@ -37,16 +43,26 @@ def _check_members(obj: dict[str, Any], where: str, required: dict[str, type]) -
         raise InvalidRequest(f"'parameters' of {where} must be an object", reason="body_invalid")
 
 
-def _check_v2_envelope(body: dict[str, Any], inputs: list[dict[str, Any]]) -> None:
+def _check_v2_envelope(
+    body: dict[str, Any], inputs: list[dict[str, Any]], binary: list[bool]
+) -> None:
     """The Open Inference Protocol's request envelope: members the protocol requires, with
     their JSON types, so a malformed envelope never reaches a model server (OWASP REST
     Security Cheat Sheet: input validation)."""
     _check_members(body, "the request", {})
     if "id" in body and not isinstance(body["id"], str):
         raise InvalidRequest("'id' must be a string", reason="body_invalid")
-    for tensor in inputs:
-        _check_members(tensor, "each input", {"name": str, "datatype": str, "data": list})
+    for tensor, in_binary in zip(inputs, binary, strict=True):
+        required: dict[str, type] = {"name": str, "datatype": str}
+        if not in_binary:
+            required["data"] = list
+        _check_members(tensor, "each input", required)
     if "outputs" not in body:
+        wanted = body.get("parameters", {}).get("binary_data_output", False)
+        if not isinstance(wanted, bool):
+            raise InvalidRequest(
+                "'binary_data_output' must be true or false", reason="body_invalid"
+            )
         return  # the model's default output
     outputs = body["outputs"]
     if (
@@ -57,6 +73,14 @@ def _check_v2_envelope(body: dict[str, Any], inputs: list[dict[str, Any]]) -> No
         raise InvalidRequest("'outputs' must be a non-empty list of objects", reason="body_invalid")
     for output in outputs:
         _check_members(output, "each output", {"name": str})
+        wanted = output.get("parameters", {}).get("binary_data", False)
+        if not isinstance(wanted, bool):
+            raise InvalidRequest(
+                "'binary_data' of an output must be true or false", reason="body_invalid"
+            )
+    wanted = body.get("parameters", {}).get("binary_data_output", False)
+    if not isinstance(wanted, bool):
+        raise InvalidRequest("'binary_data_output' must be true or false", reason="body_invalid")
 
 
 @dataclass(frozen=True)
@@ -72,8 +96,16 @@ def _too_many(elements: int, limit: int) -> PayloadTooLarge:
     )
 
 
-def measure(body: Any, kind: Kind, *, max_elements: int, row_elements: int | None) -> Measure:
-    """Rows and elements of a v2 or v1 body, after the structural checks the gateway owns."""
+def measure(
+    body: Any,
+    kind: Kind,
+    *,
+    max_elements: int,
+    row_elements: int | None,
+    binary: memoryview | None = None,
+) -> Measure:
+    """Rows and elements of a v2 or v1 body, after the structural checks the gateway owns;
+    ``binary`` is what follows a v2 body's JSON header when tensors travel in binary."""
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object", reason="body_not_object")
     if kind == "v1":
@@ -95,8 +127,12 @@ def measure(body: Any, kind: Kind, *, max_elements: int, row_elements: int | Non
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
         raise InvalidRequest("'inputs' must be a non-empty list of tensors", reason="body_invalid")
+    try:
+        carried_binary = chunks(inputs, binary if binary is not None else memoryview(b""))
+    except BinaryFormatError as exc:
+        raise InvalidRequest(str(exc), reason="binary_data_invalid") from None
     batch = elements = 0
-    for tensor in inputs:
+    for tensor, chunk in zip(inputs, carried_binary, strict=True):
         shape = tensor.get("shape")
         if (
             not isinstance(shape, list)
@@ -114,7 +150,17 @@ def measure(body: Any, kind: Kind, *, max_elements: int, row_elements: int | Non
         if elements + declared > max_elements:
             raise _too_many(elements + declared, max_elements)
         data = tensor.get("data")
-        if isinstance(data, list):
+        if chunk is not None:
+            datatype = tensor.get("datatype")
+            if not isinstance(datatype, str):
+                raise InvalidRequest(
+                    "each input needs 'datatype' as a string", reason="body_invalid"
+                )
+            try:
+                check_size(datatype, shape, chunk)
+            except BinaryFormatError as exc:
+                raise InvalidRequest(str(exc), reason="binary_data_invalid") from None
+        elif isinstance(data, list):
             carried = count_leaves(data, declared)
             if carried != declared:
                 raise InvalidRequest(
@@ -122,7 +168,7 @@ def measure(body: Any, kind: Kind, *, max_elements: int, row_elements: int | Non
                     reason="data_shape_mismatch",
                 )
         elements += declared
-    _check_v2_envelope(body, inputs)
+    _check_v2_envelope(body, inputs, [chunk is not None for chunk in carried_binary])
     return Measure(batch, elements)
 
 

@@ -26,6 +26,9 @@ class Head:
     authorization: str | None = None
     api_key: str | None = None
     content_type: str = ""
+    content_encoding: str | None = None
+    # The binary tensor data extension's JSON header size (serving.binary), as sent.
+    inference_header: str | None = None
     content_length: str | None = None
     transfer_encoding: bool = False
     header_bytes: int = 0  # the header section's size, names and values

@@ -36,6 +36,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.identity.credentials import Authenticator
+from gateway.identity.principal import Principal
 from gateway.metrics import GatewayMetrics
 from gateway.policy import AccessPolicy, Route, RouteTable
 from gateway.ratelimit.addresses import rate_key
@@ -46,6 +47,7 @@ from gateway.steps import context
 from gateway.steps.envelope import Kind, cost, measure
 from gateway.steps.exchange import Exchange, Head
 from gateway.upstream.forwarder import Answer, Forwarder
+from serving.binary import OCTET_STREAM, BinaryFormatError, split
 
 log = logging.getLogger("gateway.audit")
 
@@ -122,14 +124,26 @@ class RequestPath:
             # Before authentication: per-address limit and the failed-authentication block.
             await self._limiter.check_address(ex.client)
 
-    async def admit(self, ex: Exchange, model: str, head: Head) -> Route:
-        """Authenticate, route, authorize: 401, then 404, then 403."""
+    async def _authenticate(self, ex: Exchange, head: Head) -> Principal:
         try:
             principal = self._authenticator.authenticate(head.authorization, head.api_key)
         except Unauthenticated:
             await self._limiter.failed_authentication(ex.client)
             raise
         ex.principal = principal
+        return principal
+
+    async def admit_caller(self, ex: Exchange, head: Head) -> None:
+        """For what belongs to no model (the server's metadata): any valid caller, counted
+        against its own limit. The server's name and version are not for anonymous
+        scanners (OWASP WSTG-INFO-02: fingerprinting)."""
+        principal = await self._authenticate(ex, head)
+        ex.decision = "allow"
+        await self._limiter.check_principal(principal, "-", 1)
+
+    async def admit(self, ex: Exchange, model: str, head: Head) -> Route:
+        """Authenticate, route, authorize: 401, then 404, then 403."""
+        principal = await self._authenticate(ex, head)
         route = self._routes.resolve(model)
         ex.model = route.model
         ex.route = route
@@ -143,21 +157,61 @@ class RequestPath:
         await self._limiter.check_principal(ex.principal, route.model, cost)
 
     @staticmethod
-    def check_content_type(head: Head) -> None:
-        if head.content_type.partition(";")[0].strip().lower() != JSON:
-            # OWASP REST Security: refuse a body whose declared type we do not accept
-            # (415), rather than parse it as JSON whatever it claims to be.
-            raise UnsupportedMediaType(reason="content_type_not_json")
+    def check_content_type(head: Head, kind: Kind) -> None:
+        """What a scoring body may declare itself to be.
 
-    async def charge(self, ex: Exchange, route: Route, body: bytes, kind: Kind) -> None:
+        No Content-Type is read as JSON, as the Open Inference Protocol's clients send it
+        (Triton's sends none); any other type is refused (OWASP REST Security: 415 rather
+        than parse a body as JSON whatever it claims to be). A body with binary tensors
+        (v2 only) is ``application/octet-stream``, or JSON by the letter of older clients.
+        Content codings are refused too (RFC 9110 §15.5.16): a compressed body would
+        pass the size limit and then grow (a decompression bomb).
+        """
+        if head.content_encoding is not None and head.content_encoding.strip().lower() not in (
+            "",
+            "identity",
+        ):
+            raise UnsupportedMediaType(
+                "content codings are not accepted; send the body uncompressed",
+                reason="content_encoding",
+            )
+        media = head.content_type.partition(";")[0].strip().lower()
+        if head.inference_header is None:
+            if media not in ("", JSON):
+                raise UnsupportedMediaType(reason="content_type_not_json")
+        elif kind != "v2":
+            raise UnsupportedMediaType(
+                "binary tensor data is accepted on the v2 inference endpoint only",
+                reason="binary_not_v2",
+            )
+        elif media not in ("", OCTET_STREAM, JSON):
+            raise UnsupportedMediaType(
+                "a body with binary tensors is application/octet-stream",
+                reason="content_type_not_binary",
+            )
+
+    async def charge(
+        self, ex: Exchange, route: Route, body: bytes, kind: Kind, inference_header: str | None
+    ) -> None:
         """A scoring body's checks, then its cost against the caller's limits."""
         ex.payload_sha256 = hashlib.sha256(body).hexdigest()
+        binary = None
         try:
-            parsed = orjson.loads(body)
+            if inference_header is None:
+                parsed = orjson.loads(body)
+            else:
+                header, binary = split(body, inference_header)
+                parsed = orjson.loads(header)
+        except BinaryFormatError as exc:
+            raise InvalidRequest(str(exc), reason="binary_data_invalid") from None
         except orjson.JSONDecodeError:
             raise InvalidRequest("the body is not valid JSON", reason="body_not_json") from None
         measured = measure(
-            parsed, kind, max_elements=route.max_elements, row_elements=route.row_elements
+            parsed,
+            kind,
+            max_elements=route.max_elements,
+            row_elements=route.row_elements,
+            binary=binary,
         )
         ex.instances = measured.rows
         if measured.rows > route.max_instances:
@@ -168,13 +222,23 @@ class RequestPath:
         await self.count(ex, route, cost(measured, route.row_elements))
 
     async def forward(
-        self, ex: Exchange, route: Route, method: str, upstream_path: str, body: bytes | None
+        self,
+        ex: Exchange,
+        route: Route,
+        method: str,
+        upstream_path: str,
+        body: bytes | None,
+        inference_header: str | None = None,
     ) -> Answer:
         """The scorer's answer (`gateway.upstream.forwarder` holds the forwarding rules),
-        within this model's and this caller's places in flight (gateway.ratelimit.bulkhead)."""
+        within this model's and this caller's places in flight (gateway.ratelimit.bulkhead).
+        ``inference_header`` is the JSON header's size of a body with binary tensors,
+        checked by `charge`."""
         caller = rate_key(ex.principal) if ex.principal is not None else ex.client
         with self._bulkheads.hold(route.model, caller):
-            return await self._forwarder.send(route, method, upstream_path, body, ex.request_id)
+            return await self._forwarder.send(
+                route, method, upstream_path, body, ex.request_id, inference_header
+            )
 
     def error_payload(self, ex: Exchange, exc: GatewayError) -> tuple[bytes, dict[str, str]]:
         """The error envelope of gateway/openapi.yaml and the headers its status calls for:

@@ -34,6 +34,7 @@ from gateway.upstream.hazmat.http1_pool import (
     UpstreamError,
     UpstreamPool,
 )
+from serving.binary import HEADER, OCTET_STREAM, BinaryFormatError, header_length
 
 __all__ = ["Answer", "Forwarder"]
 
@@ -88,12 +89,18 @@ class Forwarder:
             pool.close()
 
     async def send(
-        self, route: Route, method: str, path: str, body: bytes | None, request_id: str
+        self,
+        route: Route,
+        method: str,
+        path: str,
+        body: bytes | None,
+        request_id: str,
+        inference_header: str | None = None,
     ) -> Answer:
         breaker = self.breaker(route)
         breaker.before()
         try:
-            response = await self._send(route, method, path, body, request_id)
+            response = await self._send(route, method, path, body, request_id, inference_header)
         except (UpstreamUnavailable, UpstreamTimeout, BadUpstream):
             breaker.failure()
             raise
@@ -107,11 +114,21 @@ class Forwarder:
         return response
 
     async def _send(
-        self, route: Route, method: str, path: str, body: bytes | None, request_id: str
+        self,
+        route: Route,
+        method: str,
+        path: str,
+        body: bytes | None,
+        request_id: str,
+        inference_header: str | None,
     ) -> Answer:
         upstream = route.upstream
         headers = {"x-request-id": request_id, "accept": "application/json"}
-        if body is not None:
+        if inference_header is not None:
+            # The binary tensor data extension: the JSON header's size, checked by the path.
+            headers["content-type"] = OCTET_STREAM
+            headers[HEADER] = inference_header
+        elif body is not None:
             headers["content-type"] = "application/json"
         try:
             async with asyncio.timeout(upstream.timeout_s):
@@ -130,8 +147,17 @@ class Forwarder:
 
     @staticmethod
     def _check(answer: Answer) -> Answer:
-        """A 2xx JSON answer, passed on; anything else becomes the gateway's own error."""
+        """A 2xx JSON answer (or JSON and binary tensors, framed as `serving.binary`
+        says), passed on; anything else becomes the gateway's own error."""
         status = answer.status
+        if answer.inference_header is not None:
+            if answer.content_type != OCTET_STREAM or not 200 <= status < 300:
+                raise BadUpstream(reason="upstream_not_json")
+            try:
+                header_length(answer.inference_header, len(answer.body))
+            except BinaryFormatError:
+                raise BadUpstream(reason="upstream_binary_framing") from None
+            return answer
         if answer.content_type != "application/json":
             raise BadUpstream(reason="upstream_not_json")
         if 200 <= status < 300:

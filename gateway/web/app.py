@@ -13,6 +13,8 @@ by the `Service` the app is given (`gateway.service.Gateway`).
 
 from __future__ import annotations
 
+import re
+from importlib import metadata
 from typing import Any, Protocol
 
 import orjson
@@ -55,6 +57,15 @@ class Service(Protocol):
     def live(self) -> bool: ...
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]: ...
+
+
+# What GET /v2 answers (Open Inference Protocol, server metadata).
+SERVER_METADATA = {
+    "name": "scoregate",
+    "version": metadata.version("scoregate"),
+    "extensions": ["binary_tensor_data"],
+}
+VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,63}")
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -193,6 +204,12 @@ def create_app(gw: Service) -> Quart:
         upstream = await path.forward(g.ex, route, "GET", upstream_path, None)
         return Response(upstream.body, status=upstream.status, content_type=JSON)
 
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        # Open Inference Protocol, server metadata; the extensions scoregate implements.
+        await path.admit_caller(g.ex, g.head)
+        return _json(SERVER_METADATA)
+
     @app.get("/v2/models/<model>")
     async def model_metadata(model: str) -> Response:
         route = await admit(model)
@@ -203,12 +220,33 @@ def create_app(gw: Service) -> Quart:
         route = await admit(model)
         return await forward(route, f"/v2/models/{route.model}/ready")
 
+    def versioned(version: str) -> str:
+        # The version becomes part of the scorer's request line: a plain name only.
+        if not VERSION.fullmatch(version):
+            raise NotFound(reason="version_invalid")
+        return version
+
+    @app.get("/v2/models/<model>/versions/<version>")
+    async def model_version_metadata(model: str, version: str) -> Response:
+        route = await admit(model)
+        return await forward(route, f"/v2/models/{route.model}/versions/{versioned(version)}")
+
+    @app.get("/v2/models/<model>/versions/<version>/ready")
+    async def model_version_ready(model: str, version: str) -> Response:
+        route = await admit(model)
+        return await forward(route, f"/v2/models/{route.model}/versions/{versioned(version)}/ready")
+
     # The scoring POSTs are answered by `gateway.web.fastpath` before Quart sees them;
     # their rules stay here so that Quart answers any other method on them with 405 and
     # Allow.
     @app.post("/v2/models/<model>/infer")
     async def infer(model: str) -> Response:
         raise InternalError(reason="scoring_path_bypassed")
+
+    @app.post("/v2/models/<model>/versions/<version>/infer")
+    async def infer_version(model: str, version: str) -> Response:
+        # The fast path serves plain versions; any other is no resource of ours.
+        raise NotFound(reason="version_invalid")
 
     @app.post("/v1/models/<model>:predict")
     async def predict(model: str) -> Response:

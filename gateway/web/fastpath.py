@@ -35,6 +35,7 @@ from gateway.errors import GatewayError, NotFound, PayloadTooLarge, RequestTimeo
 from gateway.steps.envelope import Kind
 from gateway.steps.exchange import Exchange, Head
 from gateway.steps.path import RequestPath
+from gateway.upstream.forwarder import Answer
 from gateway.web.respond import closing_headers, drain_unread_body, security_headers, unexpected
 from serving.asgi import (
     BodyTimeout,
@@ -47,8 +48,16 @@ from serving.asgi import (
 )
 
 # Werkzeug's default converter, as the Quart rules write them: one non-empty segment.
+# The protocol's optional version segment is passed on (the scorer knows its models'
+# versions) only when it is a plain name: it becomes part of the upstream request line.
 _ROUTES: tuple[tuple[re.Pattern[str], tuple[str, Kind, str]], ...] = (
     (re.compile(r"/v2/models/([^/]+)/infer"), ("infer", "v2", "/v2/models/{}/infer")),
+    (
+        re.compile(
+            r"/v2/models/([^/]+)/versions/(?P<version>[0-9A-Za-z][0-9A-Za-z_.-]{0,63})/infer"
+        ),
+        ("infer_version", "v2", "/v2/models/{}/versions/{}/infer"),
+    ),
     (re.compile(r"/v1/models/([^/]+):predict"), ("predict", "v1", "/v1/models/{}:predict")),
 )
 
@@ -81,6 +90,8 @@ def read_head(scope: Scope, endpoint: str) -> Head:
         authorization=found.get(b"authorization"),
         api_key=found.get(b"api-key"),
         content_type=found.get(b"content-type", ""),
+        content_encoding=found.get(b"content-encoding"),
+        inference_header=found.get(b"inference-header-content-length"),
         content_length=found.get(b"content-length"),
         transfer_encoding=b"transfer-encoding" in found,
         header_bytes=size,
@@ -106,10 +117,8 @@ class ScoringPath:
             return
         matched = match_post(scope, _ROUTES)
         if matched is not None:
-            (endpoint, kind, upstream_path), model = matched
-            await self._serve(
-                scope, receive, send, endpoint, kind, model, upstream_path.format(model)
-            )
+            (endpoint, kind, upstream_path), model, version = matched
+            await self._serve(scope, receive, send, endpoint, kind, model, upstream_path, version)
             return
         await self._app(scope, receive, send)
 
@@ -122,13 +131,18 @@ class ScoringPath:
         kind: Kind,
         model: str,
         upstream_path: str,
+        version: str | None,
     ) -> None:
         assert scope["type"] == "http"  # noqa: S101 - dispatched on it
         head = read_head(scope, endpoint)
         ex = self._path.open(head)
         extra: dict[str, str] = {}
+        inference_header = None
         try:
-            status, body = await self._score(ex, head, receive, kind, model, upstream_path)
+            answer = await self._score(ex, head, receive, kind, model, upstream_path, version)
+            status, body = answer.status, answer.body
+            if answer.inference_header is not None:
+                inference_header = int(answer.inference_header)  # checked by the forwarder
         except ClientGone:
             self._path.abandoned(ex)
             return
@@ -149,7 +163,7 @@ class ScoringPath:
             for k, v in closing_headers(ex, scope["http_version"], extra)
         )
         await self._path.audit(ex, status, len(body))  # in the sink before the answer leaves
-        await send_json(send, status, body, headers)
+        await send_json(send, status, body, headers, inference_header=inference_header)
 
     async def _score(
         self,
@@ -159,21 +173,22 @@ class ScoringPath:
         kind: Kind,
         model: str,
         upstream_path: str,
-    ) -> tuple[int, bytes]:
+        version: str | None,
+    ) -> Answer:
         path = self._path
         await path.screen(ex, head)
         route = await path.admit(ex, model, head)
-        path.check_content_type(head)
+        path.check_content_type(head, kind)
         body = await self._read_body(ex, head, receive)
+        target = upstream_path.format(model, version)
         with cancel_if_client_leaves(receive) as gone:
             try:
-                await path.charge(ex, route, body, kind)
-                upstream = await path.forward(ex, route, "POST", upstream_path, body)
+                await path.charge(ex, route, body, kind, head.inference_header)
+                return await path.forward(ex, route, "POST", target, body, head.inference_header)
             except asyncio.CancelledError:
                 if not gone():
                     raise
                 raise ClientGone from None
-        return upstream.status, upstream.body
 
     async def _read_body(self, ex: Exchange, head: Head, receive: ASGIReceiveCallable) -> bytes:
         """The whole body, within the size limit and the body timeout, as Quart's

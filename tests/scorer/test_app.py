@@ -37,9 +37,20 @@ async def test_v1_and_v2_predictions(app: Quart) -> None:
 async def test_metadata_ready_and_health(app: Quart) -> None:
     client = app.test_client()
     meta = await (await client.get("/v2/models/iris")).get_json()
-    assert meta["outputs"] == [{"name": "predict"}, {"name": "predict_proba"}]
+    # Every tensor metadata has its datatype and shape (Open Inference Protocol).
+    assert meta["outputs"] == [
+        {"name": "predict", "datatype": "BYTES", "shape": [-1]},
+        {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 3]},
+    ]
+    assert meta["inputs"] == [{"name": "measurements", "datatype": "FP64", "shape": [-1, 4]}]
     assert meta["parameters"] == {"max_batch": 64}
+    assert (await (await client.get("/v2/models/iris/versions/1")).get_json()) == meta
+    assert (await client.get("/v2/models/iris/versions/2")).status_code == 404
     assert (await client.get("/v2/models/iris/ready")).status_code == 200
+    assert (await client.get("/v2/models/iris/versions/1/ready")).status_code == 200
+    assert (await client.get("/v2/models/iris/versions/7/ready")).status_code == 404
+    server = await (await client.get("/v2")).get_json()
+    assert server["extensions"] == ["binary_tensor_data"]
     assert (await client.get("/v2/health/ready")).status_code == 200
 
 

@@ -99,7 +99,8 @@ def test_encode_v2_and_v1() -> None:
         "predict": np.array(["setosa", "virginica"]),
         "predict_proba": np.array([[0.9, 0.1], [0.2, 0.8]]),
     }
-    encoded = dataplane.encode_v2(outputs, SETTINGS, "r1")
+    encoded, parts = dataplane.encode_v2(outputs, SETTINGS, "r1")
+    assert parts == []
     assert encoded["id"] == "r1"
     assert encoded["outputs"][0] == {
         "name": "predict",
@@ -114,12 +115,25 @@ def test_encode_v2_and_v1() -> None:
 
 def test_requested_outputs_default_to_the_first_and_are_checked() -> None:
     available = ("predict", "predict_proba")
-    assert dataplane.requested_outputs({}, available) == ("predict",)
+    none: frozenset[str] = frozenset()
+    assert dataplane.requested_outputs({}, available) == (("predict",), none)
     assert dataplane.requested_outputs({"outputs": [{"name": "predict_proba"}]}, available) == (
-        "predict_proba",
+        ("predict_proba",),
+        none,
     )
     both = {"outputs": [{"name": "predict"}, {"name": "predict_proba"}, {"name": "predict"}]}
-    assert dataplane.requested_outputs(both, available) == available
+    assert dataplane.requested_outputs(both, available) == (available, none)
+    # Binary outputs: the request's default, overridden per output.
+    mixed = {
+        "parameters": {"binary_data_output": True},
+        "outputs": [
+            {"name": "predict"},
+            {"name": "predict_proba", "parameters": {"binary_data": False}},
+        ],
+    }
+    assert dataplane.requested_outputs(mixed, available) == (available, frozenset({"predict"}))
+    with pytest.raises(InvalidInput, match="true or false"):
+        dataplane.requested_outputs({"parameters": {"binary_data_output": 1}}, available)
     for bad in ([], "predict", [{"name": "decision_function"}], [1]):
         with pytest.raises(InvalidInput):
             dataplane.requested_outputs({"outputs": bad}, available)

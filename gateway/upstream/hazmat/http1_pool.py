@@ -99,6 +99,8 @@ class Answer:
     status: int
     content_type: str
     body: bytes
+    # Inference-Header-Content-Length, as the scorer sent it (binary tensor outputs).
+    inference_header: str | None = None
 
 
 class _Connection(asyncio.Protocol):
@@ -115,6 +117,7 @@ class _Connection(asyncio.Protocol):
         self._received = 0  # bytes of the current answer so far
         self._head_done = False
         self._content_type = b""
+        self._inference_header: bytes | None = None
         self._chunks: list[bytes] = []
         self._size = 0
         self.usable = False
@@ -163,6 +166,7 @@ class _Connection(asyncio.Protocol):
             return
         self._head_done = False
         self._content_type = b""
+        self._inference_header = None
         self._release()
         self._chunks = []
         self._size = 0
@@ -173,6 +177,8 @@ class _Connection(asyncio.Protocol):
         lowered = name.lower()
         if lowered == b"content-type":
             self._content_type = value
+        elif lowered == b"inference-header-content-length":
+            self._inference_header = value
         elif lowered == b"content-length" and value.isdigit() and int(value) > self._max_body:
             self._fail(AnswerTooLarge("declared body over the limit"))
 
@@ -207,7 +213,15 @@ class _Connection(asyncio.Protocol):
         body = b"".join(self._chunks)
         self._chunks = []
         self._release()
-        answer.set_result(Answer(status, content_type.decode("latin-1"), body))
+        header = self._inference_header
+        answer.set_result(
+            Answer(
+                status,
+                content_type.decode("latin-1"),
+                body,
+                None if header is None else header.decode("latin-1"),
+            )
+        )
 
     # -- used by the pool ----------------------------------------------------------
     def send(self, data: bytes) -> asyncio.Future[Answer]:

@@ -62,8 +62,17 @@ async def upstream() -> AsyncIterator[Upstream]:
         if mode == "html":
             return web.Response(text="<html>oops</html>", content_type="text/html")
         if mode == "error500":
-            return web.json_response(
-                {"error": "Traceback: secret", "code": "x"}, status=500
+            return web.json_response({"error": "Traceback: secret", "code": "x"}, status=500)
+        if mode in ("binary", "binary-lying"):
+            header = b'{"model_name":"iris","outputs":[{"name":"predict","shape":[1],'
+            header += b'"datatype":"INT64","parameters":{"binary_data_size":8}}]}'
+            size = len(header) if mode == "binary" else len(header) + 100
+            return web.Response(
+                body=header + (2).to_bytes(8, "little"),
+                headers={
+                    "content-type": "application/octet-stream",
+                    "inference-header-content-length": str(size),
+                },
             )
         if mode == "reject":
             return web.json_response(
@@ -345,7 +354,7 @@ async def test_405_names_the_methods_the_path_serves(
     assert r.headers["allow"] == allowed
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
 async def test_a_body_not_declared_as_json_is_415_and_never_forwarded(
     gw: GatewayUnderTest, upstream: Upstream, content_type: str | None
 ) -> None:
@@ -589,3 +598,165 @@ async def test_a_background_task_that_ended_makes_the_replica_not_live(
         await asyncio.wait([writer])
         r = await client.get("/v2/health/live")
         assert (r.status_code, await r.get_json()) == (503, {"live": False})
+
+
+# -- the Open Inference Protocol as its clients speak it ------------------------------
+V2_ROW = {"inputs": [{"name": "m", "shape": [1, 4], "datatype": "FP64", "data": ROWS[0]}]}
+
+
+@pytest.mark.parametrize("path", ["/v1/models/iris:predict", "/v2/models/iris/infer"])
+async def test_a_body_without_content_type_is_read_as_json(
+    gw: GatewayUnderTest, upstream: Upstream, path: str
+) -> None:
+    # Triton's HTTP client sends its inference requests with no Content-Type at all.
+    body = {"instances": ROWS} if path.startswith("/v1") else V2_ROW
+    r = await gw.client.post(path, data=orjson.dumps(body), headers={"api-key": gw.key})
+    assert r.status_code == 200, await r.get_data()
+    assert upstream.seen[-1]["headers"]["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+async def test_a_compressed_body_is_415_not_inflated(
+    gw: GatewayUnderTest, upstream: Upstream, coding: str
+) -> None:
+    r = await gw.client.post(
+        "/v2/models/iris/infer",
+        data=orjson.dumps(V2_ROW),
+        headers={"api-key": gw.key, "content-encoding": coding},
+    )
+    assert (r.status_code, (await r.get_json())["code"]) == (415, "unsupported_media_type")
+    assert (await gw.record_for(r.headers["x-request-id"]))["reason"] == "content_encoding"
+    assert [s for s in upstream.seen if "infer" in s["path"]] == []
+
+
+def binary_body(shape: list[int], raw: bytes, datatype: str = "FP64") -> tuple[bytes, str]:
+    tensor = {"name": "m", "shape": shape, "datatype": datatype}
+    header = orjson.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}]})
+    return header + raw, str(len(header))
+
+
+@pytest.mark.parametrize("content_type", [None, "application/octet-stream"])
+async def test_binary_tensors_are_checked_and_forwarded_byte_for_byte(
+    gw: GatewayUnderTest, upstream: Upstream, content_type: str | None
+) -> None:
+    body, size = binary_body([2, 4], b"\x00" * 64)
+    headers = {"api-key": gw.key, "inference-header-content-length": size}
+    if content_type:
+        headers["content-type"] = content_type
+    r = await gw.client.post("/v2/models/iris/infer", data=body, headers=headers)
+    assert r.status_code == 200, await r.get_data()
+    seen = upstream.seen[-1]
+    assert seen["body"] == body
+    assert seen["headers"]["inference-header-content-length"] == size
+    assert seen["headers"]["content-type"] == "application/octet-stream"
+    record = await gw.record_for(r.headers["x-request-id"])
+    assert (record["instances"], record["bytes_in"]) == (2, len(body))
+
+
+async def test_binary_outputs_come_back_framed_as_the_scorer_framed_them(
+    gw: GatewayUnderTest, upstream: Upstream
+) -> None:
+    upstream.mode = "binary"
+    r = await gw.client.post("/v2/models/iris/infer", json=V2_ROW, headers={"api-key": gw.key})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/octet-stream"
+    size = int(r.headers["inference-header-content-length"])
+    raw = await r.get_data()
+    assert orjson.loads(raw[:size])["outputs"][0]["parameters"] == {"binary_data_size": 8}
+    assert raw[size:] == (2).to_bytes(8, "little")
+    # A scorer whose framing does not hold together is a bad upstream, never relayed.
+    upstream.mode = "binary-lying"
+    r = await gw.client.post("/v2/models/iris/infer", json=V2_ROW, headers={"api-key": gw.key})
+    assert (r.status_code, (await r.get_json())["code"]) == (502, "bad_upstream")
+
+
+@pytest.mark.parametrize(
+    ("shape", "raw", "size", "status", "reason"),
+    [
+        ([1, 4], b"\x00" * 31, None, 422, "binary_data_invalid"),  # one byte short
+        ([1, 4], b"\x00" * 33, None, 422, "binary_data_invalid"),  # one byte over
+        ([1, 4], b"\x00" * 32, "0", 422, "binary_data_invalid"),
+        ([1, 4], b"\x00" * 32, "1e3", 422, "binary_data_invalid"),
+        ([1, 4], b"\x00" * 32, "999999", 422, "binary_data_invalid"),
+        ([1, 4], b"\x00" * 32, "20", 422, "body_not_json"),  # cuts the JSON header
+        # The elements are charged before anything is forwarded: 10,000 rows of four
+        # are over the route's 64 Ki elements, however few bytes precede the claim.
+        ([20_000, 4], b"\x00" * 8, None, 413, "too_many_elements"),
+    ],
+)
+async def test_binary_framing_faults_are_refused_at_the_gateway(
+    gw: GatewayUnderTest,
+    upstream: Upstream,
+    shape: list[int],
+    raw: bytes,
+    size: str | None,
+    status: int,
+    reason: str,
+) -> None:
+    body, declared = binary_body(shape, b"\x00" * 32 if len(raw) == 32 else raw)
+    if len(raw) != 32 and shape == [1, 4]:
+        # The header claims 32 bytes; the body carries another count.
+        header = body[: int(declared)].replace(
+            f'"binary_data_size":{len(raw)}'.encode(), b'"binary_data_size":32'
+        )
+        body, declared = header + raw, str(len(header))
+    r = await gw.client.post(
+        "/v2/models/iris/infer",
+        data=body,
+        headers={"api-key": gw.key, "inference-header-content-length": size or declared},
+    )
+    assert r.status_code == status, await r.get_data()
+    assert (await gw.record_for(r.headers["x-request-id"]))["reason"] == reason
+    assert [s for s in upstream.seen if "infer" in s["path"]] == []
+
+
+async def test_binary_tensors_on_v1_or_declared_as_text_are_415(gw: GatewayUnderTest) -> None:
+    body, size = binary_body([1, 4], b"\x00" * 32)
+    r = await gw.client.post(
+        "/v1/models/iris:predict",
+        data=body,
+        headers={"api-key": gw.key, "inference-header-content-length": size},
+    )
+    assert (r.status_code, (await r.get_json())["code"]) == (415, "unsupported_media_type")
+    r = await gw.client.post(
+        "/v2/models/iris/infer",
+        data=body,
+        headers={
+            "api-key": gw.key,
+            "inference-header-content-length": size,
+            "content-type": "text/plain",
+        },
+    )
+    assert r.status_code == 415
+
+
+async def test_server_metadata_is_for_authenticated_callers(gw: GatewayUnderTest) -> None:
+    r = await gw.client.get("/v2")
+    assert (r.status_code, (await r.get_json())["code"]) == (401, "unauthenticated")
+    r = await gw.client.get("/v2", headers={"api-key": gw.key})
+    assert r.status_code == 200
+    body = await r.get_json()
+    assert body["name"] == "scoregate"
+    assert body["extensions"] == ["binary_tensor_data"]
+    assert body["version"]
+    assert (await gw.record_for(r.headers["x-request-id"]))["decision"] == "allow"
+
+
+async def test_versioned_model_paths_go_to_the_scorer_and_odd_versions_are_404(
+    gw: GatewayUnderTest, upstream: Upstream
+) -> None:
+    headers = {"api-key": gw.key}
+    assert (await gw.client.get("/v2/models/iris/versions/1", headers=headers)).status_code == 200
+    assert upstream.seen[-1]["path"] == "/v2/models/iris/versions/1"
+    r = await gw.client.post("/v2/models/iris/versions/1/infer", json=V2_ROW, headers=headers)
+    assert r.status_code == 200
+    assert upstream.seen[-1]["path"] == "/v2/models/iris/versions/1/infer"
+    count = len(upstream.seen)
+    for odd in ("..", ".hidden", "a" * 65):
+        r = await gw.client.post(
+            f"/v2/models/iris/versions/{odd}/infer", json=V2_ROW, headers=headers
+        )
+        assert r.status_code == 404, odd
+        r = await gw.client.get(f"/v2/models/iris/versions/{odd}/ready", headers=headers)
+        assert r.status_code == 404, odd
+    assert len(upstream.seen) == count
