@@ -13,6 +13,7 @@ only by the monitoring namespace through a NetworkPolicy).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 
@@ -77,6 +78,17 @@ class GatewayMetrics:
             "Audit spool bytes not yet in the audit store (Blob Storage sink only)",
             registry=r,
         )
+        self.tls_not_after = Gauge(
+            "scoregate_tls_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate served to new handshakes expires (Unix time)",
+            registry=r,
+        )
+        self.tls_reload_failures = Counter(
+            "scoregate_tls_reload_failures",
+            "Renewed TLS files refused (unreadable, key mismatch, outside their validity);"
+            " the previous certificate is still served",
+            registry=r,
+        )
         self.ratelimit_evicted = Gauge(
             "scoregate_ratelimit_counters_evicted",
             "In-process rate-limit counts forgotten early to stay under their memory cap",
@@ -107,6 +119,12 @@ class GatewayMetrics:
         self.audit_depth.set_function(audit_depth)
         self.audit_lost.set_function(audit_lost)
         self.ratelimit_evicted.set_function(ratelimit_evicted)
+
+    def watch_certificate(self, not_after: Callable[[], dt.datetime]) -> Callable[[str], None]:
+        """The served certificate's expiry, read at scrape time; returns what counts a
+        refused reload (`serving.certwatch.CertificateReloader.on_refused`)."""
+        self.tls_not_after.set_function(lambda: not_after().timestamp())
+        return lambda _reason: self.tls_reload_failures.inc()
 
     def circuit_changed(self, upstream: str) -> Callable[[str], None]:
         gauge = self.circuit.labels(upstream)

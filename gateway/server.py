@@ -12,22 +12,31 @@ from gateway.settings import GatewaySettings
 from gateway.web.app import create_app
 from gateway.web.protocol_errors import protocol_error_answers
 from serving import logs, server, tls
+from serving.certwatch import CertificateReloader
 
 # After SIGTERM: requests in flight may take this long to finish (k8s: the pod's
 # terminationGracePeriodSeconds covers it, tests/k8s/test_rollouts.py).
 GRACEFUL_TIMEOUT_S = 10.0
 
 
-def hypercorn_config(settings: GatewaySettings) -> Config:
-    context = tls.server_context(
-        settings.cert_path, settings.key_path, profile=settings.tls_profile
+def certificate(settings: GatewaySettings) -> CertificateReloader:
+    """The listener's TLS context, rebuilt with the same profile when its files change."""
+    cert, key = settings.cert_path, settings.key_path
+    return CertificateReloader(
+        lambda: tls.server_context(cert, key, profile=settings.tls_profile),
+        cert=cert,
+        key=key,
+        interval_s=settings.tls_reload_interval_s,
     )
+
+
+def hypercorn_config(settings: GatewaySettings, reloader: CertificateReloader) -> Config:
     config = server.hypercorn_config(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         keep_alive_timeout_s=settings.keep_alive_timeout_s,
-        tls=(context, settings.cert_path, settings.key_path),
+        tls=reloader,
     )
     config.alpn_protocols = tls.ALPN
     config.ssl_handshake_timeout = settings.handshake_timeout_s
@@ -45,8 +54,10 @@ def hypercorn_config(settings: GatewaySettings) -> Config:
 
 
 async def _serve(settings: GatewaySettings) -> None:
-    config = hypercorn_config(settings)
+    reloader = certificate(settings)
+    config = hypercorn_config(settings, reloader)
     gw = build_gateway(settings)
+    reloader.on_refused(gw.metrics.watch_certificate(lambda: reloader.served.not_after))
     app = create_app(gw)
     # Requests Hypercorn cannot parse are answered, limited and recorded like the rest.
     config.protocol_error_hook = protocol_error_answers(gw.request_path())  # type: ignore[attr-defined]

@@ -30,6 +30,9 @@ class GatewaySettings(BaseSettings):
     tls_cert: Path | None = None  # default: <state_dir>/certs/gateway.pem
     tls_key: Path | None = None  # default: <state_dir>/certs/gateway.key
     tls_profile: Literal["intermediate", "modern"] = "intermediate"
+    # How often the certificate files are checked; renewed files (the CSI driver's
+    # rotation) are served to new handshakes without a restart (serving/certwatch.py).
+    tls_reload_interval_s: float = Field(default=30.0, gt=0, le=3600)
     hsts_max_age_s: int = Field(default=63_072_000, ge=0)  # two years, Mozilla's advice
 
     # Connection and request limits (units in the names).

@@ -14,6 +14,7 @@ from scorer.repository import discover
 from scorer.runtime import Runtime, load_runtime
 from scorer.settings import ScorerSettings
 from serving import logs, server, tls
+from serving.certwatch import CertificateReloader
 
 log = logging.getLogger("scorer")
 
@@ -29,11 +30,16 @@ def load_models(settings: ScorerSettings) -> dict[str, Runtime]:
 def hypercorn_config(settings: ScorerSettings) -> Config:
     listener = None
     if settings.tls_cert is not None and settings.tls_key is not None:
+        cert, key, client_ca = settings.tls_cert, settings.tls_key, settings.tls_client_ca
         # TLS 1.3 only (both ends are ours); with a client CA, client certificates required.
-        context = tls.internal_server_context(
-            settings.tls_cert, settings.tls_key, client_ca=settings.tls_client_ca
+        # Renewed files (certificate, key, client CA) serve new handshakes without a restart.
+        listener = CertificateReloader(
+            lambda: tls.internal_server_context(cert, key, client_ca=client_ca),
+            cert=cert,
+            key=key,
+            client_ca=client_ca,
+            interval_s=settings.tls_reload_interval_s,
         )
-        listener = (context, settings.tls_cert, settings.tls_key)
     return server.hypercorn_config(
         host=settings.host,
         port=settings.port,

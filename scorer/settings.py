@@ -33,6 +33,9 @@ class ScorerSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # How often those files are checked; renewed ones serve new handshakes without a
+    # restart (serving/certwatch.py).
+    tls_reload_interval_s: float = Field(default=30.0, gt=0, le=3600)
     # Prometheus metrics on a listener of their own (0: off), so the monitoring agent that
     # scrapes them is let in to this port alone, never to the scoring port
     # (SECURITY-CATALOG: metrics are not on a serving listener; OWASP API9).

@@ -5,23 +5,25 @@
     scorer.server  ─┘                          run(): uvloop when present
 
 Each process adds only its own settings to the config (the gateway: handshake, read and
-header limits, ALPN; the scorer: nothing more).
+header limits, ALPN; the scorer: nothing more). With TLS, `serve` also runs the
+certificate reloader (`serving.certwatch`): renewed files are served without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework
 
+from serving.certwatch import CertificateReloader
 from serving.hazmat import hypercorn_h11
 
 
@@ -29,15 +31,16 @@ class TLSConfig(Config):
     """Hypercorn config that serves our `ssl.SSLContext` instead of building its own.
 
     Hypercorn's `create_ssl_context` resets the options and pins its own ciphers; ours
-    follows the profile `serving.tls` builds.
+    follows the profile `serving.tls` builds. Hypercorn calls it once, at start: the
+    reloader's listening context hands each new handshake the latest certificate.
     """
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(self, tls: CertificateReloader) -> None:
         super().__init__()
-        self._context = context
+        self.tls = tls
 
     def create_ssl_context(self) -> ssl.SSLContext:
-        return self._context
+        return self.tls.context
 
 
 def hypercorn_config(
@@ -46,14 +49,13 @@ def hypercorn_config(
     port: int,
     log_level: str,
     keep_alive_timeout_s: float,
-    tls: tuple[ssl.SSLContext, Path, Path] | None = None,
+    tls: CertificateReloader | None = None,
 ) -> Config:
-    """The settings both processes share; ``tls`` is (context, certificate, key)."""
+    """The settings both processes share; ``tls``: serve TLS from the reloader's files."""
     if tls is not None:
-        context, cert, key = tls
-        config: Config = TLSConfig(context)
+        config: Config = TLSConfig(tls)
         # Hypercorn serves TLS only when these are set; the files are those in our context.
-        config.certfile, config.keyfile = str(cert), str(key)
+        config.certfile, config.keyfile = str(tls.cert), str(tls.key)
     else:
         config = Config()
     config.bind = [f"{host}:{port}"]
@@ -84,9 +86,18 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     cleanup = await around() if around is not None else None
+    reload = (
+        asyncio.create_task(config.tls.watch(), name="certificate-reload")
+        if isinstance(config, TLSConfig)
+        else None
+    )
     try:
         await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
     finally:
+        if reload is not None:
+            reload.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reload
         if cleanup is not None:
             await cleanup()
 
