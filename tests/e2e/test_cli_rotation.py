@@ -267,16 +267,9 @@ def test_a_failed_delivery_whose_revocation_fails_too_says_so_with_exit_4(
     [
         "http://consumer.vault.azure.net/secrets/k",
         "https://consumer.vault.azure.net.evil.example/secrets/k",
-        "https://attacker.example/secrets/k",
-        "https://consumer.vault.azure.net:8443/secrets/k",
-        "https://user@consumer.vault.azure.net/secrets/k",
         "https://consumer.vault.azure.net/secrets/k/0123456789abcdef",
-        "https://consumer.vault.azure.net/secrets/k?api-version=7.4",
-        "https://consumer.vault.azure.net/keys/k",
-        "https://consumer.vault.azure.net/secrets/k_1",
-        "https://ab.vault.azure.net/secrets/k",
     ],
-)
+)  # every rule: tests/gateway/identity/test_delivery.py
 def test_an_invalid_delivery_url_is_exit_2_before_anything_changes(
     tmp_path: Path, url: str
 ) -> None:
