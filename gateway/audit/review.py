@@ -1,14 +1,13 @@
-"""Reading the audit trail: verify, query and report, for the people who review it.
+"""Reading the audit trail: verify and query, for the people who review it.
 
 Everything here reads files and never writes them; `scoregate audit …` is its interface.
+The report (`gateway.audit.report`) verifies and summarises in one pass with `Verifier`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import html
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -46,11 +45,17 @@ class VerifyResult:
     records: int = 0
     checkpoints: int = 0
     signed_through: int | None = None  # seq of the last record covered by a good checkpoint
+    first_seq: int | None = None
     last_seq: int | None = None
     line: int | None = None
     problem: str | None = None
     notes: list[str] = field(default_factory=list)
     last_type: str | None = None  # the last record's type ("checkpoint" when it drained)
+    # The key ids the checkpoints name, with how many each signed (verified only when the
+    # verifier was given keys).
+    signers: Counter[str] = field(default_factory=Counter)
+    after_break: int = 0  # records read after the first broken place: not verified
+    unreadable: int = 0  # lines after the break that are not JSON records at all
 
     @property
     def ended_without_checkpoint(self) -> bool:
@@ -66,6 +71,115 @@ class VerifyResult:
     def fail(self, line: int, problem: str) -> VerifyResult:
         self.ok, self.line, self.problem = False, line, problem
         return self
+
+
+class Verifier:
+    """The checks of `verify`, one line at a time, so that a reader can verify the very
+    records it goes on to use in the same pass (`gateway.audit.report`).
+
+    `check` returns each line's record (without its ``hash``). After the first broken
+    place it checks nothing more: it still returns what parses, counted in ``after_break``,
+    so a report can show them, marked as not verified.
+    """
+
+    def __init__(
+        self,
+        keys: dict[str, Ed25519PublicKey] | None = None,
+        *,
+        partial: bool = False,
+        max_unsigned: int | None = None,
+    ) -> None:
+        self.result = VerifyResult()
+        self._keys = keys
+        self._partial = partial
+        self._max_unsigned = max_unsigned
+        self._prev: str | None = None
+        self._seq: int | None = None
+        self._last_checkpoint: dict[str, Any] | None = None
+
+    def check(self, raw: bytes, path: Path, lineno: int) -> dict[str, Any] | None:
+        result = self.result
+        if not result.ok:
+            try:
+                unverified = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                unverified = None
+            if not isinstance(unverified, dict):
+                result.unreadable += 1
+                return None
+            unverified.pop("hash", None)
+            result.after_break += 1
+            return unverified
+        where = f"{path}:{lineno}"
+        try:
+            record: dict[str, Any] = orjson.loads(raw)
+            claimed = record.pop("hash")
+            record_seq = int(record["seq"])
+        except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError):
+            result.fail(lineno, f"{where}: not a sealed record")
+            result.unreadable += 1
+            return None
+        problem = self._problem(record, claimed, record_seq, raw, where)
+        if problem is not None:
+            result.fail(lineno, problem)
+            result.after_break += 1
+            return record
+        self._prev, self._seq = claimed, record_seq
+        result.records += 1
+        if result.first_seq is None:
+            result.first_seq = record_seq
+        result.last_seq = record_seq
+        result.last_type = str(record.get("type", "request"))
+        return record
+
+    def _problem(
+        self, record: dict[str, Any], claimed: Any, record_seq: int, raw: bytes, where: str
+    ) -> str | None:
+        result, prev, seq = self.result, self._prev, self._seq
+        if hashlib.sha256(canonical(record)).hexdigest() != claimed:
+            return f"{where}: record was altered"
+        if raw.rstrip(b"\n") != canonical({**record, "hash": claimed}):
+            # Same fields, other bytes (a duplicated key, spacing): what another
+            # parser or grep reads may differ from what was sealed.
+            return f"{where}: record is not in its sealed form"
+        if prev is None and (record.get("prev") != GENESIS or record_seq != 1):
+            if not self._partial:
+                return (
+                    f"{where}: the trail starts at seq {record_seq}, not at the chain's "
+                    "first record (records removed from the front?); "
+                    "use --partial to verify a later range"
+                )
+            result.notes.append(f"the range starts mid-chain at seq {record_seq}")
+        if prev is not None and record.get("prev") != prev:
+            return f"{where}: chain broken (a record is missing or out of order)"
+        if seq is not None and record_seq != seq + 1:
+            return f"{where}: sequence jumps from {seq} to {record_seq}"
+        if record.get("type") == "checkpoint":
+            problem = _check_checkpoint(record, seq, self._keys)
+            if problem is None and self._keys is not None:
+                problem = _check_cadence(record, self._last_checkpoint, result)
+            if problem:
+                return f"{where}: checkpoint {problem}"
+            result.checkpoints += 1
+            result.signers[str(record.get("key_id"))] += 1
+            self._last_checkpoint = record
+            if self._keys is not None:
+                result.signed_through = record_seq
+        return None
+
+    def finish(self) -> VerifyResult:
+        """The result once every line was checked: the checks of the trail's end too."""
+        if not self.result.ok:
+            return self.result
+        return _check_end(self.result, self._last_checkpoint, self._keys, self._max_unsigned)
+
+
+def read_lines(paths: Iterable[Path]) -> Iterator[tuple[Path, int, bytes]]:
+    """Every line of the trail's files in chain order, streamed (never a whole file)."""
+    for path in expand(paths):
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                yield path, lineno, raw
 
 
 def verify(
@@ -85,58 +199,12 @@ def verify(
     rewrite that recomputes every hash then goes unnoticed: give the public key for proof).
     ``max_unsigned`` is the writer's cadence, for a live trail not yet signed at all.
     """
-    result = VerifyResult()
-    prev: str | None = None
-    seq: int | None = None
-    last_checkpoint: dict[str, Any] | None = None
-    for path in expand(paths):
-        with path.open("rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                where = f"{path}:{lineno}"
-                try:
-                    record = orjson.loads(raw)
-                    claimed = record.pop("hash")
-                    record_seq = int(record["seq"])
-                except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError):
-                    return result.fail(lineno, f"{where}: not a sealed record")
-                if hashlib.sha256(canonical(record)).hexdigest() != claimed:
-                    return result.fail(lineno, f"{where}: record was altered")
-                if raw.rstrip(b"\n") != canonical({**record, "hash": claimed}):
-                    # Same fields, other bytes (a duplicated key, spacing): what another
-                    # parser or grep reads may differ from what was sealed.
-                    return result.fail(lineno, f"{where}: record is not in its sealed form")
-                if prev is None and (record.get("prev") != GENESIS or record_seq != 1):
-                    if not partial:
-                        return result.fail(
-                            lineno,
-                            f"{where}: the trail starts at seq {record_seq}, not at the chain's "
-                            "first record (records removed from the front?); "
-                            "use --partial to verify a later range",
-                        )
-                    result.notes.append(f"the range starts mid-chain at seq {record_seq}")
-                if prev is not None and record.get("prev") != prev:
-                    return result.fail(
-                        lineno, f"{where}: chain broken (a record is missing or out of order)"
-                    )
-                if seq is not None and record_seq != seq + 1:
-                    return result.fail(
-                        lineno, f"{where}: sequence jumps from {seq} to {record_seq}"
-                    )
-                if record.get("type") == "checkpoint":
-                    problem = _check_checkpoint(record, seq, keys)
-                    if problem is None and keys is not None:
-                        problem = _check_cadence(record, last_checkpoint, result)
-                    if problem:
-                        return result.fail(lineno, f"{where}: checkpoint {problem}")
-                    result.checkpoints += 1
-                    last_checkpoint = record
-                    if keys is not None:
-                        result.signed_through = record_seq
-                prev, seq = claimed, record_seq
-                result.records += 1
-                result.last_seq = record_seq
-                result.last_type = str(record.get("type", "request"))
-    return _check_end(result, last_checkpoint, keys, max_unsigned)
+    verifier = Verifier(keys, partial=partial, max_unsigned=max_unsigned)
+    for path, lineno, raw in read_lines(paths):
+        verifier.check(raw, path, lineno)
+        if not verifier.result.ok:
+            return verifier.result
+    return verifier.finish()
 
 
 def describe_signing(result: VerifyResult) -> str:
@@ -283,159 +351,3 @@ def table_row(record: dict[str, Any]) -> str:
 
 def table_header() -> str:
     return " ".join(name.upper().ljust(width) for name, width in TABLE_COLUMNS).rstrip()
-
-
-# -- report ----------------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-@dataclass
-class Report:
-    since: str | None
-    until: str | None
-    total: int
-    allowed: int
-    denied: int
-    by_principal_model: Counter[tuple[str, str]]
-    denials_by_reason: Counter[str]
-    rate_limit_hits: Counter[str]
-    by_status: Counter[int]
-    latency_ms: dict[str, float | None]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "since": self.since,
-            "until": self.until,
-            "total": self.total,
-            "allowed": self.allowed,
-            "denied": self.denied,
-            "requests_by_principal_and_model": [
-                {"principal": p, "model": m, "requests": n}
-                for (p, m), n in self.by_principal_model.most_common()
-            ],
-            "denials_by_reason": dict(self.denials_by_reason.most_common()),
-            "rate_limit_hits": dict(self.rate_limit_hits.most_common()),
-            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
-            "latency_ms": self.latency_ms,
-        }
-
-
-def build_report(
-    records: Iterable[dict[str, Any]], since: str | None = None, until: str | None = None
-) -> Report:
-    by_pm: Counter[tuple[str, str]] = Counter()
-    reasons: Counter[str] = Counter()
-    limited: Counter[str] = Counter()
-    statuses: Counter[int] = Counter()
-    latencies: list[float] = []
-    total = allowed = 0
-    for r in records:
-        total += 1
-        statuses[int(r["status"])] += 1
-        by_pm[(r.get("subject") or "(anonymous)", r.get("model") or "-")] += 1
-        if r["decision"] == "allow":
-            allowed += 1
-        else:
-            reasons[r["reason"]] += 1
-        if str(r["reason"]).startswith("rate_limit"):
-            limited[r.get("subject") or r.get("client") or "-"] += 1
-        if r.get("route") not in {"live", "ready"}:
-            latencies.append(float(r["latency_ms"]))
-    return Report(
-        since=since,
-        until=until,
-        total=total,
-        allowed=allowed,
-        denied=total - allowed,
-        by_principal_model=by_pm,
-        denials_by_reason=reasons,
-        rate_limit_hits=limited,
-        by_status=statuses,
-        latency_ms={f"p{q}": percentile(latencies, q) for q in (50, 90, 99)},
-    )
-
-
-def render_text(report: Report) -> str:
-    lines = [
-        f"audit report {report.since or 'start'} .. {report.until or 'now'}",
-        f"requests {report.total}   allowed {report.allowed}   denied {report.denied}",
-        "latency ms (model routes): "
-        + "  ".join(
-            f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in report.latency_ms.items()
-        ),
-        "",
-        "requests by principal and model:",
-        *(f"  {p:<24} {m:<16} {n:>8}" for (p, m), n in report.by_principal_model.most_common()),
-        "",
-        "denials by reason:",
-        *(f"  {reason:<32} {n:>8}" for reason, n in report.denials_by_reason.most_common()),
-        "",
-        "rate-limit hits:",
-        *(f"  {who:<32} {n:>8}" for who, n in report.rate_limit_hits.most_common()),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _bars(title: str, rows: list[tuple[str, int]]) -> str:
-    """A horizontal bar chart as inline SVG: no script, no external resource."""
-    if not rows:
-        return f"<h2>{html.escape(title)}</h2><p class=empty>none</p>"
-    top = max(n for _, n in rows) or 1
-    height = 24 * len(rows) + 8
-    bars = []
-    for i, (label, n) in enumerate(rows):
-        y = 4 + 24 * i
-        width = max(1, round(420 * n / top))
-        bars.append(
-            f'<text x="0" y="{y + 15}">{html.escape(label[:40])}</text>'
-            f'<rect x="260" y="{y}" width="{width}" height="18" rx="2"></rect>'
-            f'<text x="{268 + width}" y="{y + 15}">{n}</text>'
-        )
-    label = html.escape(title)
-    return (
-        f"<h2>{label}</h2>"
-        f'<svg role="img" aria-label="{label}" width="760" height="{height}">{"".join(bars)}</svg>'
-    )
-
-
-def render_html(report: Report) -> str:
-    """A self-contained page (inline CSS and SVG) a reviewer can open or attach anywhere."""
-    latency = ", ".join(
-        f"{k} {'-' if v is None else f'{v:.2f}'} ms" for k, v in report.latency_ms.items()
-    )
-    charts = [
-        _bars(
-            "Requests by principal and model",
-            [(f"{p} · {m}", n) for (p, m), n in report.by_principal_model.most_common(20)],
-        ),
-        _bars("Denials by reason", report.denials_by_reason.most_common(20)),
-        _bars("Rate-limit hits", report.rate_limit_hits.most_common(20)),
-        _bars("Responses by status", [(str(k), v) for k, v in sorted(report.by_status.items())]),
-    ]
-    period = f"{report.since or 'start'} .. {report.until or 'now'}"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
-<title>scoregate audit report</title>
-<style>
-body{{font:14px system-ui,sans-serif;margin:2rem;color:#1b1f24}}
-h1{{font-size:1.4rem}} h2{{font-size:1.05rem;margin-top:1.6rem}}
-.kpi{{display:inline-block;margin-right:2rem}} .kpi b{{font-size:1.3rem;display:block}}
-svg text{{font:12px system-ui,sans-serif;fill:#1b1f24}} svg rect{{fill:#2f6fdb}}
-.empty{{color:#777}}
-</style></head><body>
-<h1>scoregate audit report</h1>
-<p>{html.escape(period)}</p>
-<div class="kpi"><b>{report.total}</b>requests</div>
-<div class="kpi"><b>{report.allowed}</b>allowed</div>
-<div class="kpi"><b>{report.denied}</b>denied</div>
-<p>Latency (model routes): {html.escape(latency)}</p>
-{"".join(charts)}
-</body></html>
-"""

@@ -648,59 +648,126 @@ def cmd_audit(args: argparse.Namespace) -> int:
             else:
                 _out(f"# key id {key_id}{' (newest)' if key_id == newest else ''}\n{pem}")
         return 0
-    if command == "verify":
-        return _audit_verify(args)
-    since = review.parse_time(args.since) if args.since else None
-    until = review.parse_time(args.until) if args.until else None
-    if command == "query":
-        where = review.Filter(
-            since=since,
-            until=until,
-            subject=args.subject,
-            key_id=args.key_id,
-            model=args.model,
-            decision=args.decision,
-            status=args.status,
-            reason=args.reason,
-        )
+    try:
+        if command == "verify":
+            return _audit_verify(args)
+        since = review.parse_time(args.since) if args.since else None
+        until = review.parse_time(args.until) if args.until else None
+        if command == "report":
+            return _audit_report(args, since, until)
+        return _audit_query(args, since, until)
+    except FileNotFoundError as exc:
+        _err(f"{exc.filename}: no such audit trail file")
+        return 2
+
+
+def _audit_query(args: argparse.Namespace, since: Any, until: Any) -> int:
+    from gateway.audit import review
+
+    where = review.Filter(
+        since=None if args.key_usage else since,
+        until=until,
+        subject=args.subject,
+        key_id=args.key_id,
+        model=args.model,
+        decision=args.decision,
+        status=args.status,
+        reason=args.reason,
+    )
+    with _audit_trails(args) as trails:
+        paths = [path for group in trails.values() for path in group]
+        if args.key_usage:
+            return _audit_key_usage(args, review.query(paths, where), since)
         if not args.json:
             _out(review.table_header())
-        with _audit_trails(args) as trails:
-            paths = [path for group in trails.values() for path in group]
-            for count, record in enumerate(review.query(paths, where), start=1):
-                _out(json.dumps(record, sort_keys=True) if args.json else review.table_row(record))
-                if args.limit and count >= args.limit:
-                    break
-        return 0
-    with _audit_trails(args) as trails:  # every replica's records in one report
-        paths = [path for group in trails.values() for path in group]
-        records = review.query(paths, review.Filter(since=since, until=until))
-        report = review.build_report(
-            records, since.isoformat() if since else None, until.isoformat() if until else None
-        )
-    if args.html:
-        args.html.write_text(review.render_html(report), encoding="utf-8")
-        _out(f"wrote {args.html}")
-    if args.json:
-        _out(json.dumps(report.as_dict(), indent=2))
-    elif not args.html:
-        sys.stdout.write(review.render_text(report))
+        for count, record in enumerate(review.query(paths, where), start=1):
+            _out(json.dumps(record, sort_keys=True) if args.json else review.table_row(record))
+            if args.limit and count >= args.limit:
+                break
     return 0
 
 
-def _audit_verify(args: argparse.Namespace) -> int:
-    from gateway.audit import review, signing
+def _audit_key_usage(
+    args: argparse.Namespace, records: Iterator[dict[str, Any]], since: Any
+) -> int:
+    """Per key id and generation: what a rotation script reads before revoking one."""
+    from gateway.audit import review
+    from gateway.audit.report.summary import KeyUsage, Limits
 
-    keys = None
-    if not args.chain_only:
-        keys = (
-            signing.load_public_key(args.public_key)
-            if args.public_key
-            else _with_store(args, signing.public_keys)
+    usage = KeyUsage(Limits())
+    for record in records:
+        if record.get("key_id"):
+            when = review.record_time(record)
+            usage.add(record, int(when.timestamp()), in_range=since is None or when >= since)
+    rows = usage.rows()
+    if args.json:
+        for row in rows:
+            _out(json.dumps(row, sort_keys=True))
+        return 0
+    _out(f"{'KEY ID':<18} {'GENERATION':<34} {'PRINCIPAL':<16} {'REQUESTS':>8}  LAST USED")
+    for row in rows:
+        _out(
+            f"{row['key_id']:<18} {row['key_version']:<34} {row['principal'] or '-'!s:<16} "
+            f"{row['requests']:>8}  {row['last_used']}"
         )
-        if not keys:
-            _err("no public key to check checkpoint signatures: give --public-key or --chain-only")
+    return 0
+
+
+def _audit_keys(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The checkpoint public keys to verify with; None with --chain-only, {} when none."""
+    from gateway.audit import signing
+
+    if args.chain_only:
+        return None
+    if args.public_key:
+        return signing.load_public_key(args.public_key)
+    return _with_store(args, signing.public_keys)
+
+
+def _audit_report(args: argparse.Namespace, since: Any, until: Any) -> int:
+    """Verify and summarise in one pass. Exit 0: every trail intact; 1: a trail is broken
+    (the report is still written, its first line says BROKEN); 2: nothing to report on."""
+    from gateway.audit.report import summarise
+    from gateway.audit.report.figures import figures
+    from gateway.audit.report.page import render_html
+    from gateway.audit.report.text import render_text
+
+    keys = _audit_keys(args)
+    if keys is not None and not keys:
+        _err("no public key to check checkpoint signatures: give --public-key or --chain-only")
+        return 2
+    with _audit_trails(args) as trails:  # every replica's records in one report
+        if not trails:
+            _err("no audit trail found (an empty container?)")
             return 2
+        summary, integrity = summarise(
+            trails,
+            keys,
+            since=since,
+            until=until,
+            partial=args.partial,
+            max_unsigned=_settings(args).audit_checkpoint_every,
+        )
+    report = figures(summary, integrity, top=args.top)
+    if args.html:
+        args.html.write_text(render_html(report, summary), encoding="utf-8")
+        if not args.json:
+            _out(report["banner"])
+            _out(f"wrote {args.html}")
+    if args.json:
+        _out(json.dumps(report, indent=2))
+    elif not args.html:
+        sys.stdout.write(render_text(report))
+    return 0 if integrity.ok else 1
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from gateway.audit import review
+
+    keys = _audit_keys(args)
+    if keys is not None and not keys:
+        _err("no public key to check checkpoint signatures: give --public-key or --chain-only")
+        return 2
     broken = 0
     with _audit_trails(args) as trails:
         if not trails:
@@ -882,15 +949,22 @@ def parser() -> argparse.ArgumentParser:
         "verify", help="check chain and signed checkpoints; non-zero at the first break"
     )
     ver.add_argument("paths", nargs="*", help=paths_help)
-    ver.add_argument(
-        "--public-key", type=Path, help="PEM public key (default: from the secret store)"
-    )
-    ver.add_argument("--chain-only", action="store_true", help="skip signature checks")
-    ver.add_argument("--partial", action="store_true", help="accept a range that starts mid-chain")
     qry = asub.add_parser("query", help="records matching filters, as a table or JSON lines")
     qry.add_argument("paths", nargs="*", help=paths_help)
-    rep = asub.add_parser("report", help="summary for a period, as text, JSON or an HTML page")
+    rep = asub.add_parser(
+        "report",
+        help="verify, then summarise a period as text, JSON or one HTML page; exit 0 intact, "
+        "1 broken (the report says so first), 2 nothing to report on",
+    )
     rep.add_argument("paths", nargs="*", help=paths_help)
+    for p_ in (ver, rep):
+        p_.add_argument(
+            "--public-key", type=Path, help="PEM public key (default: from the secret store)"
+        )
+        p_.add_argument("--chain-only", action="store_true", help="skip signature checks")
+        p_.add_argument(
+            "--partial", action="store_true", help="accept a range that starts mid-chain"
+        )
     for p_ in (qry, rep):
         p_.add_argument("--since", help="ISO time or an age such as 15m, 2h, 7d")
         p_.add_argument("--until", help="ISO time or an age")
@@ -900,7 +974,13 @@ def parser() -> argparse.ArgumentParser:
     qry.add_argument("--decision", choices=["allow", "deny"])
     qry.add_argument("--status", type=int)
     qry.add_argument("--limit", type=int, help="stop after N records")
+    qry.add_argument(
+        "--key-usage",
+        action="store_true",
+        help="per key id and generation: requests in the range, first and last use, clients",
+    )
     rep.add_argument("--html", type=Path, help="write a self-contained HTML page here")
+    rep.add_argument("--top", type=int, default=20, help="rows per top list (default 20)")
     asub.add_parser(
         "keygen",
         parents=[as_json],

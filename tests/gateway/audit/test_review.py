@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from gateway.audit import signing
-from gateway.audit.review import Filter, build_report, parse_time, percentile, query
+from gateway.audit.review import Filter, parse_time, query
 from gateway.secretstore.localfile import LocalSecretStore
 from tests.conftest import scoregate
 from tests.gateway.audit.test_trail import event, write
@@ -125,8 +126,16 @@ def test_query_filters_and_formats(state: Path) -> None:
 
 
 def test_report_as_json_text_and_html(state: Path, tmp_path: Path) -> None:
-    data = json.loads(audit(state, "report", "--json").stdout)
-    assert (data["total"], data["allowed"], data["denied"]) == (6, 3, 3)
+    out = audit(state, "report", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert list(data)[:2] == ["banner", "integrity"]  # integrity first
+    assert data["banner"] == (
+        "INTACT: 8 records (seq 1\N{EN DASH}8), chain unbroken; 2 checkpoints signed by key "
+        f"{signer_id(state)} (2); 0 records after the last one"
+    )
+    assert (data["total"], data["allowed"], data["denied"], data["rate_limited"]) == (6, 3, 3, 1)
+    assert data["range"]["text"] == "26 Nov 2026 10:00\N{EN DASH}11:00 UTC (1 h)"
     by_pm = {
         (r["principal"], r["model"]): r["requests"] for r in data["requests_by_principal_and_model"]
     }
@@ -136,47 +145,152 @@ def test_report_as_json_text_and_html(state: Path, tmp_path: Path) -> None:
         ("bob", "wine"): 1,
         ("(anonymous)", "-"): 1,
     }
-    assert data["denials_by_reason"] == {
-        "scope_missing": 1,
-        "rate_limit_principal": 1,
-        "api_key_unknown": 1,
+    assert [(r["reason"], r["count"]) for r in data["denials_by_reason"]] == [
+        ("api_key_unknown", 1),
+        ("rate_limit_principal", 1),
+        ("scope_missing", 1),
+    ]
+    bob = next(r for r in data["denials_by_principal"] if r["principal"] == "bob")
+    assert (bob["count"], bob["first_seen"], bob["last_seen"]) == (
+        2,
+        "2026-11-26T10:03:00Z",
+        "2026-11-26T10:04:00Z",
+    )
+    assert [(r["who"], r["count"]) for r in data["rate_limit_hits"]] == [("bob", 1)]
+    # Latency of allowed requests only: 1, 2 and 3 ms.
+    assert data["latency_ms"]["all"] == {"count": 3, "p50": 2.0, "p90": 3.0, "p99": 3.0}
+    assert data["latency_ms"]["by_model"]["wine"] == {
+        "count": 1,
+        "p50": 3.0,
+        "p90": 3.0,
+        "p99": 3.0,
     }
-    assert data["rate_limit_hits"] == {"bob": 1}
-    assert data["latency_ms"] == {"p50": 0.5, "p90": 3.0, "p99": 3.0}  # nearest rank of 6
+    # An hour's range: 30 s buckets; the records fall in 6 of them.
+    assert data["bucket_s"] == 30
+    assert [(r["start"], r["requests"], r["denied"]) for r in data["over_time"]] == [
+        ("2026-11-26T10:00:00Z", 1, 0),
+        ("2026-11-26T10:01:00Z", 1, 0),
+        ("2026-11-26T10:02:00Z", 1, 0),
+        ("2026-11-26T10:03:00Z", 1, 1),
+        ("2026-11-26T10:04:00Z", 1, 1),
+        ("2026-11-26T11:00:00Z", 1, 1),
+    ]
     text = audit(state, "report").stdout
-    assert "requests 6   allowed 3   denied 3" in text
+    assert text.splitlines()[0] == data["banner"]
+    assert "requests 6   allowed 3   denied 3   rate-limited (429) 1" in text
     page = tmp_path / "report.html"
-    assert audit(state, "report", "--html", str(page)).returncode == 0
+    written = audit(state, "report", "--html", str(page))
+    assert written.returncode == 0
+    assert written.stdout.splitlines() == [data["banner"], f"wrote {page}"]
     html = page.read_text()
     assert html.startswith("<!doctype html>")
-    assert html.count("<svg") == 4
-    assert (
-        "<script" not in html and "http://" not in html and "https://" not in html
-    )  # self-contained
+    assert f'role="status">{data["banner"]}</p>' in html
+    # Self-contained: nothing loads from elsewhere, and the policy says so.
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    assert "default-src 'none'; script-src 'sha256-" in html and "unsafe-inline" not in html
+
+
+def signer_id(state: Path) -> str:
+    keys = asyncio.run(signing.public_keys(LocalSecretStore(state / "secrets.json")))
+    return next(iter(keys))
+
+
+def test_report_of_a_broken_trail_says_so_first_and_exits_1(state: Path, tmp_path: Path) -> None:
+    trail = state / "audit" / "audit.jsonl"
+    lines = trail.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"subject":"alice"', b'"subject":"mallory"')  # an edit
+    trail.write_bytes(b"".join(lines))
+    text = audit(state, "report")
+    assert text.returncode == 1
+    first = text.stdout.splitlines()[0]
+    assert first == (
+        f"BROKEN: {trail}:2: record was altered; the 1 record before it verified, "
+        "7 after it not verified"
+    )
+    data = json.loads(audit(state, "report", "--json").stdout)
+    assert data["banner"] == first and data["integrity"]["ok"] is False
+    # What follows the break is still shown (marked as not verified), the edit included.
+    assert data["total"] == 6
+    assert {r["principal"] for r in data["requests_by_principal_and_model"]} >= {"mallory"}
+    page = tmp_path / "broken.html"
+    assert audit(state, "report", "--html", str(page)).returncode == 1
+    html = page.read_text()
+    assert "<title>BROKEN" in html
+    assert f'<p id="banner" class="banner broken" role="alert">{first}</p>' in html
+
+
+def test_report_needs_a_key_or_chain_only(state: Path, tmp_path: Path) -> None:
+    nokeys = audit(tmp_path / "nokeys", "report", str(state / "audit"))
+    assert nokeys.returncode == 2
+    assert "give --public-key or --chain-only" in nokeys.stderr
+    chain = audit(tmp_path / "nokeys", "report", "--chain-only", str(state / "audit"))
+    assert chain.returncode == 0
+    assert chain.stdout.startswith("INTACT (chain only, signatures not checked): 8 records")
+    missing = audit(state, "report", str(tmp_path / "nowhere.jsonl"))
+    assert missing.returncode == 2
+    assert "nowhere.jsonl: no such audit trail file" in missing.stderr
+
+
+def test_report_range_and_first_calls_against_the_records_before_it(state: Path) -> None:
+    data = json.loads(audit(state, "report", "--json", "--since", "2026-11-26T10:02:00Z").stdout)
+    assert data["total"] == 4
+    first = data["first_calls"]
+    assert (first["baseline_records"], first["baseline_from"]) == (2, "2026-11-26T10:00:00Z")
+    # alice called iris before the range; bob's calls are all new.
+    assert [(c["principal"], c["model"], c["requests"]) for c in first["calls"]] == [
+        ("bob", "wine", 1),
+        ("bob", "iris", 2),
+    ]
+    assert data["range"]["text"].startswith("26 Nov 2026 10:02\N{EN DASH}11:00 UTC")
+
+
+def test_query_key_usage(state: Path) -> None:
+    out = audit(state, "query", "--key-usage", "--json", "--since", "2026-11-26T10:03:00Z")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rows == [
+        {
+            "key_id": "k" * 16,
+            "key_version": "v1",
+            "principal": "bob",
+            "requests": 2,
+            "allowed": 0,
+            "denied": 2,
+            "first_used": "2026-11-26T10:03:00Z",
+            "last_used": "2026-11-26T10:04:00Z",
+            "clients": {"127.0.0.1": 2},
+        }
+    ]
 
 
 def test_report_escapes_hostile_names(tmp_path: Path) -> None:
-    from gateway.audit.review import render_html
+    from gateway.audit.report import Integrity, Summary
+    from gateway.audit.report.figures import figures
+    from gateway.audit.report.page import render_html
 
-    records = [
+    summary = Summary()
+    summary.add(
         dict(
-            subject="<script>alert(1)</script>",
-            model="iris",
-            decision="allow",
-            reason="ok",
-            status=200,
+            time="2026-11-26T10:00:00.000Z",
+            subject="</script><script>alert(1)</script>",
+            model="<img src=x onerror=alert(2)>",
+            decision="deny",
+            reason="scope_missing",
+            status=403,
             latency_ms=1.0,
             route="predict",
             client="x",
+            key_id="k",
+            key_version="v",
         )
-    ]
-    html = render_html(build_report(records))
-    assert "<script>" not in html and "&lt;script&gt;" in html
+    )
+    html = render_html(figures(summary, Integrity([])), summary)
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "&lt;/script&gt;&lt;script&gt;alert(1)" in html  # in the tables, escaped
+    assert "\\u003c/script>\\u003cscript>alert(1)" in html  # in the data block
 
 
 def test_helpers() -> None:
-    assert percentile([], 50) is None
-    assert percentile([5.0, 1.0, 3.0], 50) == 3.0
     assert parse_time("2026-11-26T10:00:00Z").hour == 10
     assert (parse_time("0s") - parse_time("1h")).total_seconds() == pytest.approx(3600, abs=5)
     assert not Filter(subject="a").matches({"type": "checkpoint"})
