@@ -21,13 +21,22 @@ SSLYZE       ?= sslyze>=6.3.1,<7
 SSLYZE_VENV  := .venv-sslyze
 SSLYZE_STAMP := $(SSLYZE_VENV)/.installed
 
+# The Open Inference Protocol's standard clients, as their users install them, for
+# tests/e2e/test_standard_clients.py: Triton's HTTP client and KServe's SDK (which pulls
+# gRPC, FastAPI and the Kubernetes client: far more than the suite needs, so a venv of its
+# own). Exact versions, so a client release never changes CI unasked.
+TRITONCLIENT_VERSION := 2.73.0
+KSERVE_VERSION       := 0.21.0
+CLIENTS_VENV  := .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed-$(TRITONCLIENT_VERSION)-$(KSERVE_VERSION)
+
 # Azurite, Microsoft's Blob Storage emulator (npm), for the audit store's tests: one
 # exact version in a folder of its own, like the venvs above.
 AZURITE_VERSION := 3.37.0
 AZURITE_DIR     := .azurite
 AZURITE_STAMP   := $(AZURITE_DIR)/.installed-$(AZURITE_VERSION)
 
-.PHONY: install checkov sslyze azurite bench-audit-store demo test lint format typecheck unit k8s lock bench bench-hotpath bench-batching bench-profile clean
+.PHONY: install checkov clients sslyze azurite bench-audit-store demo test lint format typecheck unit k8s lock bench bench-hotpath bench-batching bench-profile clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scoregate needs Python >= 3.11")'
@@ -56,6 +65,15 @@ $(CHECKOV_STAMP):
 
 checkov: $(CHECKOV_STAMP)
 
+$(CLIENTS_STAMP):
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet 'tritonclient[http]==$(TRITONCLIENT_VERSION)' 'kserve==$(KSERVE_VERSION)'
+	@touch $(CLIENTS_STAMP)
+
+## make clients: only the standard clients' environment (.venv-clients).
+clients: $(CLIENTS_STAMP)
+
 $(AZURITE_STAMP):
 	bash .ci/ensure-tools
 	mkdir -p $(AZURITE_DIR)
@@ -71,7 +89,7 @@ demo: $(STAMP)
 
 ## make test: lint (ruff, the import contracts), type checks and the whole test suite
 ## (starts Redis if none answers).
-test: lint typecheck $(CHECKOV_STAMP) $(SSLYZE_STAMP) $(AZURITE_STAMP)
+test: lint typecheck $(CHECKOV_STAMP) $(SSLYZE_STAMP) $(AZURITE_STAMP) $(CLIENTS_STAMP)
 	bash .ci/ensure-tools
 	$(BIN)/pytest
 
@@ -136,4 +154,4 @@ bench-batching: $(STAMP)
 	$(BIN)/python bench/batching.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) $(SSLYZE_VENV) $(AZURITE_DIR) .venv-extras var .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(CHECKOV_VENV) $(CLIENTS_VENV) $(SSLYZE_VENV) $(AZURITE_DIR) .venv-extras var .mypy_cache .ruff_cache .pytest_cache .hypothesis

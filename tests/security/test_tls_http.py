@@ -169,7 +169,7 @@ SECURITY_HEADERS = {
         ("GET", "/v2/models/nope", "iris", None, 404),
         ("DELETE", "/v2/models/iris", "iris", None, 405),
         ("POST", "/v1/models/iris:predict", "iris", {"instances": ROWS * 9}, 413),
-        ("POST", "/v1/models/iris:predict", "iris", b"[]", 415),
+        ("POST", "/v1/models/iris:predict", "iris", (b"[]", "text/plain"), 415),
         ("POST", "/v1/models/iris:predict", "iris", {"instances": [[1.0]]}, 422),
     ],
 )
@@ -184,8 +184,11 @@ def test_hsts_and_security_headers_on_every_response(
 ) -> None:
     headers = {"api-key": stack.keys.iris if key == "iris" else key} if key else {}
     with stack.client(http2=http2) as client:
-        if isinstance(body, bytes):  # sent without a JSON content type
-            r = client.request(method, path, headers=headers, content=body)
+        if isinstance(body, tuple):  # sent with another content type than JSON
+            content, content_type = body
+            r = client.request(
+                method, path, headers={**headers, "content-type": content_type}, content=content
+            )
         else:
             r = client.request(method, path, headers=headers, json=body)
     assert r.status_code == status
