@@ -36,7 +36,7 @@ LIMITED_CALLS = 3  # a limited caller may send 4 rows a minute: the third reques
 def run_client(script: str, config: dict[str, Any]) -> dict[str, Any]:
     if not CLIENTS.exists():
         pytest.fail(".venv-clients is missing: `make clients` installs the standard clients")
-    done = subprocess.run(  # noqa: S603 - our own script, our own interpreter
+    done = subprocess.run(
         [str(CLIENTS), str(SCRIPTS / script)],
         input=json.dumps(config),
         capture_output=True,
@@ -51,7 +51,10 @@ def run_client(script: str, config: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def session_config(
-    stack: Stack, spawn_module_gateway: Any, torch_stack: TorchStack, tmp_path_factory: Any
+    stack: Stack,
+    spawn_module_gateway: Any,
+    torch_stack: TorchStack,  # noqa: F811 - the fixture imported above
+    tmp_path_factory: Any,
 ) -> dict[str, Any]:
     """A gateway before the stack's scorer whose policy allows a limited caller of each
     client 4 rows (two requests) a minute, the credentials each session uses, and the
