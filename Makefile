@@ -153,5 +153,12 @@ bench-audit-store: $(STAMP) $(AZURITE_STAMP)
 bench-batching: $(STAMP)
 	$(BIN)/python bench/batching.py $(BENCH_ARGS)
 
+## make bench-audit-report [RECORDS=10000000]: `scoregate audit report` on a generated month
+## of one busy replica's trail (var/bench/audit-report/): wall time and peak RSS.
+RECORDS ?= 1000000
+.PHONY: bench-audit-report
+bench-audit-report: $(STAMP)
+	nice -n 19 $(BIN)/python bench/audit_report.py --records $(RECORDS) --html
+
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(CLIENTS_VENV) $(SSLYZE_VENV) $(AZURITE_DIR) .venv-extras var .mypy_cache .ruff_cache .pytest_cache .hypothesis

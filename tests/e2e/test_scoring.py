@@ -237,6 +237,12 @@ def test_demo_once_exits_zero_after_real_predictions(
     assert "Audit records of these requests" in out.stdout
     assert "Audit trail verified:" in out.stdout and "0 records after the last one" in out.stdout
     assert verify([state / "audit" / "audit.jsonl"]).ok
+    # The review of the demo's trail opens with its verification (issue 19).
+    report = scoregate("audit", "report", state=state)
+    assert report.returncode == 0, report.stdout + report.stderr
+    banner = report.stdout.splitlines()[0]
+    assert banner.startswith("INTACT: ") and "chain unbroken" in banner, banner
+    assert "0 records after the last one" in banner
 
 
 def test_demo_once_with_the_audit_trail_in_blob_storage(

@@ -226,12 +226,13 @@ class Summary:
 
     # -- reading -------------------------------------------------------------------------
     def _seconds(self, text: str) -> int:
-        """Epoch seconds of a record's time; parsed once per distinct second."""
-        prefix = text[:19]
-        if prefix != self._prefix:
-            self._prefix = prefix
-            self._epoch = int(dt.datetime.fromisoformat(prefix).replace(tzinfo=dt.UTC).timestamp())
-        return self._epoch
+        """Epoch seconds of a record's time (``2026-11-26T10:04:05.123Z``): the day is
+        parsed once per day, the clock read from its fixed places."""
+        day = text[:10]
+        if day != self._prefix:
+            self._prefix = day
+            self._epoch = int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp())
+        return self._epoch + int(text[11:13]) * 3600 + int(text[14:16]) * 60 + int(text[17:19])
 
     def add(self, record: dict[str, Any]) -> None:
         kind = record.get("type", "request")
