@@ -155,8 +155,11 @@ class GatewaySettings(BaseSettings):
         return self.audit_spool_dir or self.state_dir / "audit-spool"
 
 
-# Variables under our prefix that are not gateway settings but are ours all the same.
-_OTHER_OWN_VARIABLES = ("SCOREGATE_API_KEY", "SCOREGATE_SCORER_")
+# Variables under our prefix that are not gateway settings but are ours all the same:
+# `scoregate score`'s credentials (by exact name, so a typo of a setting starting alike
+# is still caught), and the scorer's settings.
+_OTHER_OWN_VARIABLES = ("SCOREGATE_API_KEY", "SCOREGATE_JWT")
+_OTHER_OWN_PREFIXES = ("SCOREGATE_SCORER_",)
 
 
 def unknown_environment(environ: Mapping[str, str]) -> list[str]:
@@ -171,5 +174,6 @@ def unknown_environment(environ: Mapping[str, str]) -> list[str]:
         for name in environ
         if name.startswith("SCOREGATE_")
         and name not in known
-        and not name.startswith(_OTHER_OWN_VARIABLES)
+        and name not in _OTHER_OWN_VARIABLES
+        and not name.startswith(_OTHER_OWN_PREFIXES)
     )

@@ -432,12 +432,12 @@ def _score(args: argparse.Namespace) -> int:
             bearer=token,
             timeout_s=args.timeout,
         )
-    except ValueError as exc:  # not an https:// URL
-        raise Failure(EXIT_USAGE, "invalid_argument", f"--url: {exc}") from exc
     except (OSError, http.client.HTTPException) as exc:  # refused, reset, TLS, timeout
         raise Failure(
             EXIT_UNREACHABLE, "gateway_unreachable", f"cannot reach {args.url}: {exc}"
         ) from exc
+    except ValueError as exc:  # not an https:// URL (a TLS verification error is an OSError)
+        raise Failure(EXIT_USAGE, "invalid_argument", f"--url: {exc}") from exc
     if reply.status == 200:
         _out(json.dumps(reply.body))  # v1: {"predictions": …}; v2: {"model_name", "outputs": …}
         return EXIT_OK
