@@ -295,3 +295,46 @@ def test_helpers() -> None:
     assert (parse_time("0s") - parse_time("1h")).total_seconds() == pytest.approx(3600, abs=5)
     assert not Filter(subject="a").matches({"type": "checkpoint"})
     assert list(query([], Filter())) == []
+
+
+async def test_replicas_are_verified_each_and_summarised_on_one_timeline(tmp_path: Path) -> None:
+    """A container's replicas: each chain verified and named, the records merged by time
+    (a burst of failed authentications spread over two replicas is still one burst)."""
+    from gateway.audit.report import summarise
+    from gateway.audit.report.figures import figures
+
+    store = LocalSecretStore(tmp_path / "secrets.json")
+    signer = await signing.load_signer(store, create=True)
+    keys = await signing.public_keys(store)
+    failure = dict(subject=None, key_id=None, model=None, decision="deny", status=401)
+    for replica, offset in (("replica-a", 0), ("replica-b", 1)):
+        events = [
+            event(
+                10 * i + offset,
+                client="203.0.113.5",
+                reason="api_key_unknown",
+                time=f"2026-11-26T10:00:{10 * i + offset:02d}.000Z",
+                **failure,
+            )
+            for i in range(3)
+        ]
+        await write(tmp_path / replica / "audit.jsonl", events, signer=signer, checkpoint_every=10)
+    trails = {name: [tmp_path / name] for name in ("replica-a", "replica-b")}
+    summary, integrity = summarise(trails, keys)
+    report = figures(summary, integrity)
+    assert integrity.ok
+    assert report["banner"].startswith("INTACT: 2 trails, 8 records, every chain unbroken; ")
+    assert "replica-a: 4 records (seq 1\N{EN DASH}4)" in report["banner"]
+    assert report["total"] == 6
+    assert [(b["address"], b["failures"]) for b in report["failed_auth_bursts"]["bursts"]] == [
+        ("203.0.113.5", 6)
+    ]
+    # One replica edited: the report names it.
+    broken = tmp_path / "replica-b" / "audit.jsonl"
+    broken.write_bytes(broken.read_bytes().replace(b"203.0.113.5", b"203.0.113.6", 1))
+    summary, integrity = summarise(trails, keys)
+    assert not integrity.ok
+    assert integrity.banner == (
+        f"BROKEN: replica-b: {broken}:1: record was altered; the 0 records before it "
+        "verified, 4 after it not verified"
+    )
