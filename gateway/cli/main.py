@@ -808,6 +808,37 @@ def _report_verify(label: str, result: Any, signed_checked: bool, *, from_store:
     return 0
 
 
+# -- registry ------------------------------------------------------------------------
+def cmd_registry(args: argparse.Namespace) -> int:
+    """`registry rotate-pull-token`: the image-pull Secret's ACR token password renewed
+    before it expires (gateway/ops/pulltoken.py; the CronJob in k8s/)."""
+    from gateway.ops import pulltoken
+
+    def body() -> int:
+        try:
+            request = pulltoken.Request.parse(
+                token_id=args.token_id,
+                secret=args.secret,
+                lifetime=args.lifetime,
+                renew_before=args.renew_before,
+                arm_endpoint=args.arm_endpoint,
+                login_server=args.login_server,
+                service_account_dir=args.service_account_dir,
+                force=args.force,
+            )
+            outcome = asyncio.run(pulltoken.run(request))
+        except pulltoken.InvalidRequest as exc:
+            raise Failure(EXIT_USAGE, exc.code, str(exc), **exc.extra) from exc
+        except pulltoken.Refused as exc:
+            raise Failure(EXIT_FAILED, exc.code, str(exc), **exc.extra) from exc
+        except pulltoken.Failed as exc:
+            raise Failure(EXIT_UNREACHABLE, exc.code, str(exc), **exc.extra) from exc
+        _out(json.dumps(outcome.as_dict()) if args.json else outcome.summary())
+        return EXIT_OK
+
+    return _reporting(args, body)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scoregate", description="security-hardened HTTPS scoring gateway"
@@ -992,6 +1023,31 @@ def parser() -> argparse.ArgumentParser:
         help="print every checkpoint public key (PEM), oldest first, for reviewers",
     )
     audit.set_defaults(func=cmd_audit)
+
+    from gateway.ops import ROTATION_EXIT_CODES  # light: the job's modules load when run
+
+    registry = sub.add_parser("registry", help="the image-pull credentials (a CronJob's)")
+    rsub = registry.add_subparsers(dest="registry_command", required=True)
+    pull = rsub.add_parser(
+        "rotate-pull-token",
+        parents=[as_json],
+        help="renew the pull Secret's ACR token password before it expires (in a pod)",
+        epilog=ROTATION_EXIT_CODES,
+        formatter_class=raw,
+    )
+    pull.add_argument("--token-id", required=True, help="the ACR token's ARM resource id")
+    pull.add_argument("--secret", required=True, help="the dockerconfigjson Secret to replace")
+    pull.add_argument("--lifetime", default="30d", help="validity of a new password")
+    pull.add_argument("--renew-before", default="10d", help="renew when this close to expiry")
+    pull.add_argument("--arm-endpoint", help="default: https://management.azure.com")
+    pull.add_argument("--login-server", help="default: <registry>.azurecr.io")
+    pull.add_argument(
+        "--service-account-dir",
+        type=Path,
+        help="the pod's API token, CA and namespace (default: the in-cluster path)",
+    )
+    pull.add_argument("--force", action="store_true", help="renew even if not due")
+    registry.set_defaults(func=cmd_registry)
     return p
 
 
