@@ -75,7 +75,8 @@ def page_data(summary: Summary) -> dict[str, Any]:
             reasons.setdefault(reason, len(reasons)),
         )
         cells[key] = cells.get(key, 0) + n
-    latency_models = sorted(summary.latency)
+    # Busiest first: without a model chosen, the page draws the first three.
+    latency_models = sorted(summary.latency, key=lambda m: (-summary.latency[m].count, m))
     return {
         "bucket_s": width,
         "start": first * width,
@@ -239,7 +240,8 @@ def render_html(report: dict[str, Any], summary: Summary) -> str:
             ["bucket · model", "requests", "p50", "p90", "p99"],
             lines=True,
             note="Allowed requests of model routes; the principal and decision filters do "
-            "not apply (latency is kept per model and time bucket).",
+            "not apply (latency is kept per model and time bucket). Without a model chosen, "
+            "the three busiest models are shown.",
         ),
         _chart("reasons", "Denials by reason", ["reason", "denials"]),
         _chart("principals", "Denials by principal", ["principal", "denials"]),
