@@ -26,6 +26,8 @@ class Target:
     url: str
     body: Path
     header: str | None = None  # "name: value"
+    # Further "name: value" headers (a Content-Type here replaces application/json).
+    extra_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class LoadResult:
     p90_ms: float
     p99_ms: float
     errors: int  # socket errors, timeouts and non-2xx answers
+    bytes_read: int = 0  # response bytes on the wire (head and body), where the tool says
 
     @property
     def rps(self) -> float:
@@ -62,7 +65,12 @@ def wrk(target: Target, connections: int, seconds: float, threads: int = 1) -> L
     One wrk thread: it drives a few thousand requests per second with 16 connections,
     well above what the servers here reach, and leaves the most CPU to them on 2 cores.
     """
-    env = {**os.environ, "BENCH_BODY_FILE": str(target.body), "BENCH_HEADER": target.header or ""}
+    env = {
+        **os.environ,
+        "BENCH_BODY_FILE": str(target.body),
+        "BENCH_HEADER": target.header or "",
+        "BENCH_EXTRA_HEADERS": "\n".join(target.extra_headers),
+    }
     args = [
         require("wrk"),
         f"-t{min(threads, connections)}",
@@ -92,6 +100,7 @@ def wrk(target: Target, connections: int, seconds: float, threads: int = 1) -> L
         p90_ms=raw["p90_us"] / 1000,
         p99_ms=raw["p99_us"] / 1000,
         errors=errors,
+        bytes_read=raw["bytes"],
     )
 
 

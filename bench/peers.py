@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -376,3 +377,17 @@ def write_bodies(folder: Path) -> dict[str, Path]:
 
 def identity(state: Path) -> Credentials:
     return asyncio.run(make_identity(state))
+
+
+def verify_audit(state: Path) -> dict[str, Any]:
+    """The gateway's audit trail under ``state``: records, signed checkpoints, verified."""
+    from gateway.audit import review, signing
+
+    keys = asyncio.run(signing.public_keys(LocalSecretStore(state / "secrets.json")))
+    result = review.verify([state / "audit"], keys)
+    return {
+        "records": result.records,
+        "checkpoints": result.checkpoints,
+        "verified": result.ok,
+        "problem": result.problem,
+    }

@@ -1,8 +1,10 @@
 -- wrk script for `make bench`: POST one JSON body with optional credentials, and print the
 -- run's figures as one JSON line that bench/load.py reads.
---   BENCH_BODY_FILE  path of the request body (JSON)
+--   BENCH_BODY_FILE  path of the request body (JSON, or a JSON header and binary tensors)
 --   BENCH_HEADER     optional "name: value" (a bearer token or an API key); kept in the
 --                    environment so that no credential is written to a file or a log
+--   BENCH_EXTRA_HEADERS  optional further "name: value" lines (Inference-Header-Content-Length
+--                    of a body with binary tensors; a Content-Type replaces the default)
 local file = assert(io.open(assert(os.getenv("BENCH_BODY_FILE"), "BENCH_BODY_FILE unset"), "rb"))
 local body = file:read("*a")
 file:close()
@@ -15,6 +17,14 @@ local extra = os.getenv("BENCH_HEADER")
 if extra ~= nil and extra ~= "" then
   local name, value = extra:match("^([^:]+):%s*(.+)$")
   wrk.headers[name] = value
+end
+
+local extras = os.getenv("BENCH_EXTRA_HEADERS")
+if extras ~= nil then
+  for line in extras:gmatch("[^\n]+") do
+    local name, value = line:match("^([^:]+):%s*(.+)$")
+    wrk.headers[name] = value
+  end
 end
 
 function done(summary, latency, requests)

@@ -1,4 +1,4 @@
-"""`make bench`: scoregate beside its peers, figures B1-B9 of BENCHMARKS.md from one run.
+"""`make bench`: scoregate beside its peers, figures B1-B11 of BENCHMARKS.md from one run.
 
     python bench/run.py [--seconds 8] [--warmup 2] [--reps 2] [--soak 120] [--quick]
                         [--without mlserver,flask] [--no-batching] [--json PATH]
@@ -10,7 +10,9 @@ Drives each with wrk (bench/post.lua) in bounded runs, a warm-up discarded befor
 repetitions interleaved (the second in reverse order, so that drift on a shared machine
 hits every target alike), samples each server's CPU and resident memory from /proc, and
 cross-checks one figure with hey. B5 and B8 come from bench/hotpath.py, B6 from
-bench/batching.py (short), B9 (fairness under abuse) from bench/fairness.py. Prints a
+bench/batching.py (short), B9 (fairness under abuse) from bench/fairness.py, B10 and B11
+(binary tensors beside JSON, digits images and a 1,000-row iris batch) from
+bench/binary.py on a stack of its own after the others. Prints a
 table and JSON, and writes the JSON to var/bench/bench.json. Every figure is a ratio or
 a difference measured in this run.
 """
@@ -39,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import fairness, load, peers  # noqa: E402
+from bench import binary, fairness, load, peers  # noqa: E402
 from bench.load import LoadError, LoadResult, Target  # noqa: E402
 from bench.procs import Server, measure, sample_rss, stop, wait_ready  # noqa: E402
 
@@ -375,18 +377,13 @@ def batching_figures(work: Path) -> dict[str, Any]:
     return dict(json.loads(out.read_text()))
 
 
-def verify_audit(state: Path) -> dict[str, Any]:
-    from gateway.audit import review, signing
-    from gateway.secretstore.localfile import LocalSecretStore
-
-    keys = asyncio.run(signing.public_keys(LocalSecretStore(state / "secrets.json")))
-    result = review.verify([state / "audit"], keys)
-    return {
-        "records": result.records,
-        "checkpoints": result.checkpoints,
-        "verified": result.ok,
-        "problem": result.problem,
-    }
+def binary_figures(args: argparse.Namespace) -> dict[str, Any]:
+    """B10 and B11 (bench/binary.py), with this run's warm-up and repetitions."""
+    argv = ["--seconds", str(args.binary_seconds), "--warmup", str(args.warmup)]
+    argv += ["--reps", str(args.reps), "--work", str(args.work)]
+    if args.digits_repo is not None:
+        argv += ["--digits-repo", str(args.digits_repo)]
+    return binary.measured(binary.parser().parse_args(argv))
 
 
 # -- figures --------------------------------------------------------------------------------
@@ -629,6 +626,8 @@ def report(result: dict[str, Any]) -> str:
             f"B9   polite p99 beside each abuse ÷ alone (baseline {b9['baseline_p99_ms']} ms): "
             + ", ".join(f"{k} {v}x" for k, v in b9["ratios"].items())
         )
+    if "B10" in figs:
+        lines += binary.report(figs)
     if b7["soak"]:
         s = b7["soak"]
         lines.append(
@@ -690,6 +689,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--without", default="", help="skip peers: mlserver,flask")
     parser.add_argument("--no-batching", action="store_true", help="skip B6 (torch scorer)")
+    parser.add_argument("--no-binary", action="store_true", help="skip B10 and B11")
+    parser.add_argument("--binary-seconds", type=float, default=3.0, help="each B10/B11 run")
+    parser.add_argument(
+        "--digits-repo", type=Path, help="B10's trained digits CNN (default: <work>/models-digits)"
+    )
     parser.add_argument("--hotpath-n", type=int, default=5000)
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench")
     parser.add_argument("--json", type=Path, help="default: <work>/bench.json")
@@ -701,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.reps, args.hey_seconds = 1.0, 1.0, 1, 1.0
-        args.hotpath_n, args.no_batching = 300, True
+        args.hotpath_n, args.no_batching, args.binary_seconds = 300, True, 1.0
     without = {p for p in args.without.split(",") if p}
     if without - set(OPTIONAL_PEERS):
         parser.error(f"--without takes {', '.join(OPTIONAL_PEERS)}")
@@ -733,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         fair = fairness.figures(base, stack.ca, gateway.header, max(2.0, args.seconds / 2))
     finally:
         stop(list(stack.servers.values()))  # the gateway drains its audit queue and signs
-    audit = verify_audit(stack.state)
+    audit = peers.verify_audit(stack.state)
     say("hot path (B5, B8) and RS256 verification")
     hotpath = hotpath_figures(args.hotpath_n)
     jwt = jwt_figures(stack.state, stack.token, max(50, args.hotpath_n // 10))
@@ -741,6 +745,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_batching:
         say("dynamic batching (B6), short")
         batching = batching_figures(args.work)
+    binary_run = None
+    if not args.no_binary:
+        say("binary tensors beside JSON (B10 digits, B11 iris), a stack of their own")
+        binary_run = binary_figures(args)
     result: dict[str, Any] = {
         "bench": "scoregate",
         "started": started_at.isoformat(timespec="seconds"),
@@ -762,10 +770,12 @@ def main(argv: list[str] | None = None) -> int:
         "figures": {
             **figures(runs, hey_runs, hotpath, jwt, batching, soaked),
             "B9": _fairness_figure(fair),
+            **binary.figures(binary_run),
         },
         "runs": [asdict(r) for r in runs + hey_runs],
         "soak": soaked,
         "audit": audit,
+        "binary": binary_run,
         "json_path": str(json_path),
     }
     result["elapsed_s"] = round(time.monotonic() - started, 1)
