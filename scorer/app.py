@@ -20,7 +20,13 @@ from werkzeug.exceptions import HTTPException
 
 from scorer import dataplane
 from scorer.batching import BatchMetrics, DynamicBatcher, Scheduler, Unbatched
-from scorer.errors import InternalError, ModelNotFound, PayloadTooLarge, ScorerError
+from scorer.errors import (
+    InternalError,
+    ModelNotFound,
+    PayloadTooLarge,
+    ScorerError,
+    VersionNotFound,
+)
 from scorer.fastpath import ScoringPath, error_body
 from scorer.runtime import Runtime
 
@@ -87,8 +93,10 @@ def create_app(
 
     def model(name: str, version: str | None = None) -> Runtime:
         runtime = models.get(name)
-        if runtime is None or (version is not None and version != runtime.settings.version):
+        if runtime is None:
             raise ModelNotFound(f"model {name!r} is not served here")
+        if version is not None and version != runtime.settings.version:
+            raise VersionNotFound(f"model {name!r} is served in version {runtime.settings.version}")
         return runtime
 
     @app.errorhandler(ScorerError)

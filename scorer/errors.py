@@ -4,6 +4,7 @@
      ├── InvalidInput        422  the body is not a valid inference request for this model
      ├── PayloadTooLarge     413  body or batch over the configured limit
      ├── ModelNotFound       404  no model of that name in the repository
+     │    └── VersionNotFound 404 the model is served, not in the version asked for
      ├── Overloaded          503  the model's queue is full, or the scorer is stopping
      └── InternalError       500  anything else; the message never carries exception text
 
@@ -41,6 +42,10 @@ class RequestTimeout(ScorerError):
 class ModelNotFound(ScorerError):
     status = 404
     code = "model_not_found"
+
+
+class VersionNotFound(ModelNotFound):
+    code = "version_not_found"
 
 
 class Overloaded(ScorerError):

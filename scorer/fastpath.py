@@ -29,6 +29,7 @@ from scorer.errors import (
     PayloadTooLarge,
     RequestTimeout,
     ScorerError,
+    VersionNotFound,
 )
 from scorer.repository import ModelSettings
 from scorer.runtime import Runtime
@@ -146,8 +147,10 @@ class ScoringPath:
         """The answer's body, and the size of its JSON header when outputs follow it in
         binary (serving.binary)."""
         runtime = self._models.get(name)
-        if runtime is None or (version is not None and version != runtime.settings.version):
+        if runtime is None:
             raise ModelNotFound(f"model {name!r} is not served here")
+        if version is not None and version != runtime.settings.version:
+            raise VersionNotFound(f"model {name!r} is served in version {runtime.settings.version}")
         scheduler = self._schedulers[name]
         settings = runtime.settings
         with scheduler.expecting():  # a batch may wait while this body arrives and decodes

@@ -177,6 +177,12 @@ class RequestPath:
             )
         media = head.content_type.partition(";")[0].strip().lower()
         if head.inference_header is None:
+            if media == OCTET_STREAM and kind == "v2":
+                # A type we take, without the framing it needs: the request is malformed.
+                raise InvalidRequest(
+                    "a binary body needs Inference-Header-Content-Length",
+                    reason="binary_header_missing",
+                )
             if media not in ("", JSON):
                 raise UnsupportedMediaType(reason="content_type_not_json")
         elif kind != "v2":

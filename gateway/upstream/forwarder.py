@@ -20,6 +20,7 @@ from gateway.errors import (
     BadUpstream,
     GatewayError,
     InvalidRequest,
+    ModelNotFound,
     PayloadTooLarge,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -166,9 +167,21 @@ class Forwarder:
             raise _PASSED_THROUGH[status](
                 _upstream_message(answer.body), reason="upstream_rejected_input"
             )
+        if status == 404 and _upstream_code(answer.body) == "version_not_found":
+            # The model is routed and served, in another version than the path names (the
+            # protocol's /versions/{v}); any other 404 is a misrouted scorer: a 502.
+            raise ModelNotFound(_upstream_message(answer.body), reason="version_unknown")
         if status == 503:
             raise UpstreamUnavailable(reason="upstream_503")
         raise BadUpstream(reason=f"upstream_status_{status}")
+
+
+def _upstream_code(payload: bytes) -> str | None:
+    try:
+        code = orjson.loads(payload)["code"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
 
 
 def _upstream_message(payload: bytes) -> str | None:

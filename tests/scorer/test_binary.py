@@ -174,7 +174,7 @@ async def test_a_versioned_infer_path_serves_the_models_version_only(app: Quart)
     request = {"inputs": [{"name": "m", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
     assert (await client.post("/v2/models/iris/versions/1/infer", json=request)).status_code == 200
     r = await client.post("/v2/models/iris/versions/9/infer", json=request)
-    assert (r.status_code, (await r.get_json())["code"]) == (404, "model_not_found")
+    assert (r.status_code, (await r.get_json())["code"]) == (404, "version_not_found")
 
 
 @pytest.mark.parametrize("datatype", ["UINT8", "INT16", "UINT32", "FP16", "INT64"])

@@ -74,6 +74,8 @@ async def upstream() -> AsyncIterator[Upstream]:
                     "inference-header-content-length": str(size),
                 },
             )
+        if mode in ("version_not_found", "model_not_found"):
+            return web.json_response({"error": "not here", "code": mode}, status=404)
         if mode == "reject":
             return web.json_response(
                 {"error": "input dimension 1 must be 4", "code": "invalid_input"},
@@ -728,6 +730,13 @@ async def test_binary_tensors_on_v1_or_declared_as_text_are_415(gw: GatewayUnder
         },
     )
     assert r.status_code == 415
+    r = await gw.client.post(
+        "/v2/models/iris/infer",
+        data=body,
+        headers={"api-key": gw.key, "content-type": "application/octet-stream"},
+    )
+    assert (r.status_code, (await r.get_json())["code"]) == (422, "invalid_request")
+    assert (await gw.record_for(r.headers["x-request-id"]))["reason"] == "binary_header_missing"
 
 
 async def test_server_metadata_is_for_authenticated_callers(gw: GatewayUnderTest) -> None:
@@ -760,3 +769,19 @@ async def test_versioned_model_paths_go_to_the_scorer_and_odd_versions_are_404(
         r = await gw.client.get(f"/v2/models/iris/versions/{odd}/ready", headers=headers)
         assert r.status_code == 404, odd
     assert len(upstream.seen) == count
+
+
+async def test_a_version_the_scorer_does_not_serve_is_404_a_missing_model_502(
+    gw: GatewayUnderTest, upstream: Upstream
+) -> None:
+    headers = {"api-key": gw.key}
+    upstream.mode = "version_not_found"
+    r = await gw.client.post("/v2/models/iris/versions/2/infer", json=V2_ROW, headers=headers)
+    assert (r.status_code, (await r.get_json())["code"]) == (404, "model_not_found")
+    assert (await gw.record_for(r.headers["x-request-id"]))["reason"] == "version_unknown"
+    r = await gw.client.get("/v2/models/iris/versions/2", headers=headers)
+    assert r.status_code == 404
+    # A scorer that does not know a routed model is misrouted: the gateway's fault, 502.
+    upstream.mode = "model_not_found"
+    r = await gw.client.post("/v2/models/iris/infer", json=V2_ROW, headers=headers)
+    assert (r.status_code, (await r.get_json())["code"]) == (502, "bad_upstream")
