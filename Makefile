@@ -127,7 +127,7 @@ lock: $(STAMP)
 k8s: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/pytest tests/k8s
 
-## make bench [BENCH_ARGS="--quick" | "--soak 120"]: B1-B8 of BENCHMARKS.md beside HAProxy, MLServer, Flask.
+## make bench [BENCH_ARGS="--quick" | "--soak 120"]: B1-B11 (BENCHMARKS.md's B1-B8, fairness, binary tensors) beside HAProxy, MLServer, Flask.
 bench: $(STAMP)
 	bash bench/ensure-tools
 	bash .ci/ensure-tools
