@@ -15,7 +15,14 @@ cluster gives and this machine lacks is mapped, each in one place below:
   stand-ins, and the pod gets what AKS would give it for them (a token endpoint, in place
   of the workload identity webhook's variables, and the CA that signs the stand-ins);
 - **images**: programs come from each image's replayed install (tests/k8s/installs.py),
-  run by an interpreter UID 10001 may execute; the Redis image's shell is busybox's.
+  run by an interpreter UID 10001 may execute; the Redis image's shell is busybox's;
+- **the Kubernetes API** (where a stand-in is given): `KUBERNETES_SERVICE_HOST`/`_PORT`
+  name it, as the kubelet sets them in every container, and a projected volume holds what
+  the kubelet projects: a token for the pod's ServiceAccount, the cluster CA
+  (`kube-root-ca.crt`) and the namespace.
+
+A CronJob runs once on demand (`run_job`): its jobTemplate's pod, made and run as the
+Deployments' are, to completion.
 
 Run as root (CI), every process runs under its pod's security context: setpriv to
 runAsUser/runAsGroup with the fsGroup, no capabilities, no new privileges, in a working
@@ -184,6 +191,15 @@ class AzureStandIns:
 
 
 @dataclass
+class KubernetesStandIn:
+    """The API server here, and what the kubelet gives a pod to reach it."""
+
+    port: int
+    ca: Path  # the cluster CA, as the kube-root-ca.crt ConfigMap holds it
+    token: Callable[[str, str], str]  # (namespace, ServiceAccount) -> a token for it
+
+
+@dataclass
 class Pod:
     name: str  # the Deployment's
     spec: dict[str, Any]
@@ -219,8 +235,10 @@ class LocalCluster:
         azure: AzureStandIns,
         images: Mapping[str, Path],  # models image name -> its /opt/models here
         edit_config: Callable[[str, str], str] = lambda name, text: text,
+        kubernetes: KubernetesStandIn | None = None,
     ) -> None:
         self.overlay = overlay
+        self.kubernetes = kubernetes
         self.root = root
         self.installs = installs
         self.azure = azure
@@ -317,10 +335,43 @@ class LocalCluster:
                     path.write_bytes(self.azure.csi_files[entry["objectName"]])
                     path.chmod(0o644)  # the driver's default filePermission
                 folder.chmod(0o755)
+            elif "projected" in volume:
+                self._project(pod, volume["projected"], folder)
             else:
                 raise AssertionError(f"{pod.name}: a volume this test cannot make: {volume}")
             made[volume["name"]] = folder
         return made
+
+    def _project(self, pod: Pod, projected: Mapping[str, Any], folder: Path) -> None:
+        """A projected volume as the kubelet fills it: a ServiceAccount token, the cluster
+        CA from kube-root-ca.crt, the namespace from the Downward API."""
+        assert self.kubernetes is not None, f"{pod.name} projects API credentials: no API here"
+        folder.mkdir()
+        files: dict[str, str | bytes] = {}
+        for source in projected["sources"]:
+            if "serviceAccountToken" in source:
+                account = pod.spec.get("serviceAccountName", "default")
+                files[source["serviceAccountToken"]["path"]] = self.kubernetes.token(
+                    NAMESPACE, account
+                )
+            elif source.get("configMap", {}).get("name") == "kube-root-ca.crt":
+                for item in source["configMap"]["items"]:
+                    assert item["key"] == "ca.crt", item
+                    files[item["path"]] = self.kubernetes.ca.read_bytes()
+            elif "downwardAPI" in source:
+                for item in source["downwardAPI"]["items"]:
+                    assert item["fieldRef"]["fieldPath"] == "metadata.namespace", item
+                    files[item["path"]] = NAMESPACE
+            else:
+                raise AssertionError(f"{pod.name}: a projection this test cannot make: {source}")
+        for name, content in files.items():
+            path = folder / name
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
+            path.chmod(projected.get("defaultMode", 0o644))
+        folder.chmod(0o755)
 
     # -- processes --------------------------------------------------------------------
     def _program(self, pod: Pod, image: str, argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -363,6 +414,9 @@ class LocalCluster:
             env["TMPDIR"] = str(pod.volumes["/tmp"])  # noqa: S108
         if image == "gateway":
             env.update(self.azure.gateway_env)
+        if self.kubernetes is not None:  # the kubelet sets these in every container
+            env["KUBERNETES_SERVICE_HOST"] = "127.0.0.1"
+            env["KUBERNETES_SERVICE_PORT"] = str(self.kubernetes.port)
         if AS_ROOT:
             context = {**pod.spec.get("securityContext", {}), **container["securityContext"]}
             argv = as_pod_user(argv, context["runAsUser"], context["runAsGroup"])
@@ -396,6 +450,25 @@ class LocalCluster:
                 pod.proc = subprocess.Popen(
                     argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
                 )
+
+    def run_job(self, cronjob: str) -> subprocess.CompletedProcess[bytes]:
+        """One run of a CronJob, as the Job it makes runs its pod: the jobTemplate's pod
+        spec, volumes made as the kubelet makes them, init containers, then its container
+        to completion within the Job's activeDeadlineSeconds."""
+        job = self.overlay.get("CronJob", cronjob)["spec"]["jobTemplate"]["spec"]
+        spec = job["template"]["spec"]
+        assert spec["restartPolicy"] == "Never", cronjob
+        runs = len(list(self.root.glob(f"job-{cronjob}-*")))
+        folder = self.root / f"job-{cronjob}-{runs}"
+        folder.mkdir()
+        pod = Pod(cronjob, spec, {}, folder)
+        self._prepare(pod)
+        self.run_init_containers(pod)
+        (container,) = spec["containers"]
+        argv, env, cwd = self._process(pod, container)
+        return subprocess.run(
+            argv, env=env, cwd=cwd, capture_output=True, timeout=job["activeDeadlineSeconds"]
+        )
 
     def probe(self, pod: Pod, probe: Mapping[str, Any]) -> bool:
         """One run of a rendered probe, as the kubelet runs it."""

@@ -74,7 +74,7 @@ def test_checkov_finds_nothing_on_the_rendered_overlay(
     # It really looked: every object was checked, workloads by many checks each.
     checked = {c["resource"] for c in results["passed"]}
     for doc in rendered[overlay_name].docs:
-        if doc["kind"] in {"Deployment", "Service", "ServiceAccount"}:
+        if doc["kind"] in {"Deployment", "CronJob", "Service", "ServiceAccount", "Role"}:
             assert f"{doc['kind']}.scoregate.{doc['metadata']['name']}" in checked
     assert len(results["passed"]) > 100
 
@@ -88,11 +88,13 @@ def test_each_checkov_skip_is_the_documented_waiver(
     for check in skipped:
         assert check["check_result"]["suppress_comment"] == WAIVER_REASON
     if WAIVED[overlay_name]:
-        # One waiver per workload, each on a Deployment whose images go by tag.
-        deployments = {d["metadata"]["name"] for d in rendered[overlay_name].workloads()}
-        assert {c["resource"] for c in skipped} == {
-            f"Deployment.scoregate.{d}" for d in deployments
+        # One waiver per workload, each on a Deployment or CronJob whose images go by tag.
+        workloads = {
+            f"{d['kind']}.scoregate.{d['metadata']['name']}"
+            for d in rendered[overlay_name].docs
+            if d["kind"] in {"Deployment", "CronJob"}
         }
+        assert {c["resource"] for c in skipped} == workloads
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

@@ -32,15 +32,30 @@ DEPLOYMENTS = {
     "gpu": {"gateway", "scorer-cpu", "scorer-gpu", "redis"},
     "production": {"gateway", "scorer-cpu", "scorer-gpu", "redis"},
 }
+# The rotation jobs, in every overlay (k8s/base/rotate-*.yaml).
+CRONJOBS = {"rotate-api-key", "rotate-pull-token"}
 
 
-def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
-    spec = deployment["spec"]["template"]["spec"]
+def template(workload: dict[str, Any]) -> dict[str, Any]:
+    """The pod template of a Deployment or a CronJob."""
+    if workload["kind"] == "CronJob":
+        return dict(workload["spec"]["jobTemplate"]["spec"]["template"])
+    return dict(workload["spec"]["template"])
+
+
+def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = template(workload)["spec"]
     return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def pod_workloads(overlay: Rendered) -> list[dict[str, Any]]:
+    """Everything that makes pods: the Deployments and the CronJobs."""
+    return [*overlay.workloads(), *overlay.of_kind("CronJob")]
 
 
 def test_each_overlay_renders_the_expected_workloads(overlay: Rendered) -> None:
     assert {d["metadata"]["name"] for d in overlay.workloads()} == DEPLOYMENTS[overlay.overlay]
+    assert {d["metadata"]["name"] for d in overlay.of_kind("CronJob")} == CRONJOBS
     kinds = {d["kind"] for d in overlay.docs}
     assert {
         "Namespace",
@@ -53,6 +68,9 @@ def test_each_overlay_renders_the_expected_workloads(overlay: Rendered) -> None:
         "HorizontalPodAutoscaler",
         "SecretProviderClass",
         "PodMonitor",
+        "CronJob",
+        "Role",
+        "RoleBinding",
     } == kinds
     # The Azure names file feeds replacements and is never applied.
     assert [
@@ -95,10 +113,11 @@ def test_namespace_enforces_the_restricted_pod_security_standard(overlay: Render
 
 def test_pods_are_hardened(overlay: Rendered) -> None:
     """Non-root high UID, read-only root, no capabilities, no escalation, seccomp, no host
-    namespaces, no API token, no service links, requests and limits, probes, pull secret."""
-    for deployment in overlay.workloads():
+    namespaces, no automatic API token, no service links, requests and limits, probes
+    (long-running pods), pull secret: Deployments and the CronJobs' pods alike."""
+    for deployment in pod_workloads(overlay):
         name = deployment["metadata"]["name"]
-        pod = deployment["spec"]["template"]["spec"]
+        pod = template(deployment)["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["runAsUser"] >= MIN_UID, name
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
@@ -119,8 +138,9 @@ def test_pods_are_hardened(overlay: Rendered) -> None:
             assert c["imagePullPolicy"] == "Always", where
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][bound]), where
-        for c in pod["containers"]:
-            assert {"livenessProbe", "readinessProbe"} <= set(c), name
+        if deployment["kind"] == "Deployment":
+            for c in pod["containers"]:
+                assert {"livenessProbe", "readinessProbe"} <= set(c), name
 
 
 def test_only_the_gateway_is_exposed_and_services_point_at_real_ports(overlay: Rendered) -> None:
@@ -160,7 +180,7 @@ def test_disruption_budgets_and_autoscalers_target_real_workloads(overlay: Rende
 def test_images_come_from_the_registry_by_tag_in_development_by_digest_in_production(
     overlay: Rendered,
 ) -> None:
-    for deployment in overlay.workloads():
+    for deployment in pod_workloads(overlay):
         skip = deployment["metadata"].get("annotations", {}).get("checkov.io/skip-image-digest")
         for c in containers(deployment):
             image = c["image"]
@@ -173,11 +193,12 @@ def test_images_come_from_the_registry_by_tag_in_development_by_digest_in_produc
         assert (skip is None) == (overlay.overlay == "production")
 
 
-def test_workload_identity_reaches_the_gateway_alone_and_redis_only_through_csi(
+def test_workload_identity_reaches_the_gateway_and_the_jobs_alone_and_redis_only_through_csi(
     overlay: Rendered,
 ) -> None:
-    """The gateway's processes get Azure tokens (the webhook's label); Redis's ServiceAccount
-    names an identity of its own that only the CSI driver uses (no label); scorers none."""
+    """The gateway's and each rotation job's processes get Azure tokens (the webhook's
+    label), each job through a ServiceAccount of its own; Redis's ServiceAccount names an
+    identity of its own that only the CSI driver uses (no label); scorers none."""
     accounts = {a["metadata"]["name"]: a for a in overlay.of_kind("ServiceAccount")}
     for account in accounts.values():
         assert account["automountServiceAccountToken"] is False
@@ -185,22 +206,34 @@ def test_workload_identity_reaches_the_gateway_alone_and_redis_only_through_csi(
         "gateway": overlay.get("SecretProviderClass", "scoregate-gateway"),
         "redis": overlay.get("SecretProviderClass", "scoregate-redis"),
     }
-    for deployment in overlay.workloads():
-        name = deployment["metadata"]["name"]
-        template = deployment["spec"]["template"]
-        account = accounts[template["spec"]["serviceAccountName"]]
+    account_of_job = {
+        "rotate-api-key": "scoregate-key-rotation",
+        "rotate-pull-token": "scoregate-pull-token-rotation",
+    }
+    for workload in pod_workloads(overlay):
+        name = workload["metadata"]["name"]
+        pod = template(workload)
+        account = accounts[pod["spec"]["serviceAccountName"]]
         annotation = (
             account["metadata"].get("annotations", {}).get("azure.workload.identity/client-id")
         )
-        uses = template["metadata"]["labels"].get("azure.workload.identity/use")
-        assert uses == ("true" if name == "gateway" else None), name
+        uses = pod["metadata"]["labels"].get("azure.workload.identity/use")
+        assert uses == ("true" if name in {"gateway", *CRONJOBS} else None), name
         if name in identity_of:
             client_id = identity_of[name]["spec"]["parameters"]["clientID"]
             assert annotation == client_id and GUID.match(client_id), name
+        elif name in account_of_job:
+            assert account["metadata"]["name"] == account_of_job[name], name
+            assert GUID.match(annotation), name
         else:
             assert annotation is None, name
     # One ServiceAccount per role: the scorers share theirs; nobody uses "default".
-    assert set(accounts) == {"scoregate-gateway", "scoregate-scorer", "scoregate-redis"}
+    assert set(accounts) == {
+        "scoregate-gateway",
+        "scoregate-scorer",
+        "scoregate-redis",
+        *account_of_job.values(),
+    }
 
 
 # SecretProviderClass -> the pod that mounts it, and the Key Vault objects it reads.
@@ -309,7 +342,7 @@ def test_no_secret_travels_in_the_manifests(overlay: Rendered) -> None:
     """Secrets come from Key Vault as mounted files: no Secret objects, no secret
     environment variables (the image-pull secret is made by create-pull-secret.sh)."""
     assert not overlay.of_kind("Secret")
-    for deployment in overlay.workloads():
+    for deployment in pod_workloads(overlay):
         for c in containers(deployment):
             for env in c.get("env", []):
                 # A resource field (the CPU limit, for thread pools) is no secret; a Secret,
@@ -319,8 +352,8 @@ def test_no_secret_travels_in_the_manifests(overlay: Rendered) -> None:
 
 
 def test_the_gpu_scorer_alone_goes_to_the_gpu_pool(overlay: Rendered) -> None:
-    for deployment in overlay.workloads():
-        pod = deployment["spec"]["template"]["spec"]
+    for deployment in pod_workloads(overlay):
+        pod = template(deployment)["spec"]
         tolerates_gpu = any(t.get("key") == "sku" for t in pod.get("tolerations", []))
         if deployment["metadata"]["name"] != "scorer-gpu":
             assert not tolerates_gpu and "nodeSelector" not in pod
@@ -350,7 +383,7 @@ def test_production_is_the_gpu_overlay_with_digests(rendered: dict[str, Rendered
             annotations.pop("checkov.io/skip-image-digest", None)
             if "annotations" in doc["metadata"] and not annotations:
                 del doc["metadata"]["annotations"]
-            if doc["kind"] == "Deployment":
+            if doc["kind"] in {"Deployment", "CronJob"}:
                 for c in containers(doc):
                     c["image"] = re.split(r"[:@]", c["image"].removeprefix(REGISTRY))[0]
         return docs
@@ -374,9 +407,23 @@ def test_azure_names_from_one_file_reach_every_place(overlay: Rendered) -> None:
         "redisClientId",
         "auditContainerUrl",
         "dnsLabel",
+        "keyRotationClientId",
+        "rotateKeyId",
+        "rotateDeliverTo",
+        "pullTokenClientId",
+        "acrTokenId",
     }
     text = overlay.path.read_text()
-    placeholders = ("CLIENT_ID", "TENANT_ID", "KEYVAULT_NAME", "KEYVAULT_URL", "DNS_LABEL")
+    placeholders = (
+        "CLIENT_ID",
+        "TENANT_ID",
+        "KEYVAULT_NAME",
+        "KEYVAULT_URL",
+        "DNS_LABEL",
+        "ROTATE_KEY_ID",
+        "ROTATE_DELIVER_TO",
+        "ACR_TOKEN_ID",
+    )
     for placeholder in placeholders:
         assert not re.search(rf"(?<![A-Z_]){placeholder}", text), placeholder
     assert "REDIS_CLIENT_ID" not in text and "AUDIT_CONTAINER_URL" not in text
@@ -393,3 +440,145 @@ def test_azure_names_from_one_file_reach_every_place(overlay: Rendered) -> None:
     service = overlay.get("Service", "gateway")["metadata"]["annotations"]
     assert service["service.beta.kubernetes.io/azure-dns-label-name"] == values["dnsLabel"]
     assert "local-config" not in text
+    # The rotation jobs: their identities, and what they rotate.
+    for account, client in (
+        ("scoregate-key-rotation", "keyRotationClientId"),
+        ("scoregate-pull-token-rotation", "pullTokenClientId"),
+    ):
+        annotations = overlay.get("ServiceAccount", account)["metadata"]["annotations"]
+        assert annotations["azure.workload.identity/client-id"] == values[client]
+    (rotate,) = containers(overlay.get("CronJob", "rotate-api-key"))
+    assert rotate["args"][2] == values["rotateKeyId"]
+    assert rotate["args"][6] == values["rotateDeliverTo"]
+    env = {e["name"]: e.get("value") for e in rotate["env"]}
+    assert env["SCOREGATE_KEYVAULT_URL"] == values["keyvaultUrl"]
+    (rotate,) = containers(overlay.get("CronJob", "rotate-pull-token"))
+    assert rotate["args"][3] == values["acrTokenId"]
+
+
+# -- the rotation jobs ------------------------------------------------------------------------
+def test_rotation_jobs_run_one_at_a_time_bounded_and_fail_fast_on_configuration_errors(
+    overlay: Rendered,
+) -> None:
+    """A run never overlaps the previous one (two rotations would end each other's
+    generation early), is bounded in time and retries, keeps a short history, and stops
+    retrying on the exit codes that say a retry cannot help (`scoregate` documents them):
+    only 3, a service that failed with nothing in use changed, is retried."""
+    final_codes = {"rotate-api-key": [1, 2, 4], "rotate-pull-token": [1, 2]}
+    for job in overlay.of_kind("CronJob"):
+        name, spec = job["metadata"]["name"], job["spec"]
+        assert spec["concurrencyPolicy"] == "Forbid", name
+        assert spec["timeZone"] == "Etc/UTC", name
+        assert 0 < spec["startingDeadlineSeconds"] <= 3600, name
+        assert spec["successfulJobsHistoryLimit"] == spec["failedJobsHistoryLimit"] == 3, name
+        run = spec["jobTemplate"]["spec"]
+        assert 0 < run["backoffLimit"] <= 6 and 0 < run["activeDeadlineSeconds"] <= 900, name
+        (rule,) = run["podFailurePolicy"]["rules"]
+        (container,) = run["template"]["spec"]["containers"]
+        assert rule == {
+            "action": "FailJob",
+            "onExitCodes": {
+                "containerName": container["name"],
+                "operator": "In",
+                "values": final_codes[name],
+            },
+        }
+        assert run["template"]["spec"]["restartPolicy"] == "Never", name
+        image = re.split(r"[:@]", container["image"].rsplit("/", 1)[-1])[0]
+        assert image == "gateway", name  # its ENTRYPOINT is `scoregate`
+        # The job's pod is selected by the rotation egress policy and no ingress one.
+        labels = run["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/component"] == name
+
+
+def test_rotation_jobs_command_lines_are_what_scoregate_accepts(overlay: Rendered) -> None:
+    """Each job's args, as rendered, parse with the real `scoregate` parser into the
+    command and options the job is for: what the pod will run."""
+    from gateway.cli.main import parser
+
+    (rotate,) = containers(overlay.get("CronJob", "rotate-api-key"))
+    args = parser().parse_args(rotate["args"])
+    assert (args.command, args.keys_command, args.overlap, args.json) == (
+        "keys",
+        "rotate",
+        "48h",
+        True,
+    )
+    assert re.fullmatch(
+        r"https://[a-z0-9-]+\.vault\.azure\.net/secrets/[A-Za-z0-9-]+", args.deliver_to
+    )
+    (rotate,) = containers(overlay.get("CronJob", "rotate-pull-token"))
+    args = parser().parse_args(rotate["args"])
+    assert (args.command, args.registry_command, args.secret, args.json) == (
+        "registry",
+        "rotate-pull-token",
+        "acr-pull",
+        True,
+    )
+    assert (args.lifetime, args.renew_before, args.arm_endpoint) == (
+        "30d",
+        "10d",
+        "https://management.azure.com",
+    )
+    pod = template(overlay.get("CronJob", "rotate-pull-token"))["spec"]
+    (kube_api,) = [m for m in rotate["volumeMounts"] if m["name"] == "kube-api"]
+    assert str(args.service_account_dir) == kube_api["mountPath"]
+    assert "kube-api" in {v["name"] for v in pod["volumes"]}
+    # The token lives in the registry the images come from.
+    registry = REGISTRY.split(".")[0]
+    assert re.fullmatch(
+        rf"/subscriptions/[0-9a-f-]{{36}}/resourceGroups/[\w.-]+/providers/"
+        rf"Microsoft\.ContainerRegistry/registries/{registry}/tokens/[\w-]+",
+        args.token_id,
+    )
+
+
+def test_only_the_pull_token_job_holds_a_kubernetes_token_and_only_for_one_secret(
+    overlay: Rendered,
+) -> None:
+    """No pod gets an API token automatically; the pull-token job mounts a short-lived one
+    at the standard in-cluster path, and its ServiceAccount may get and update the Secret
+    acr-pull and nothing else (no create, list, watch, delete, no other object)."""
+    with_token = {}
+    for workload in pod_workloads(overlay):
+        pod = template(workload)["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        for volume in pod.get("volumes", []):
+            for source in volume.get("projected", {}).get("sources", []):
+                if "serviceAccountToken" in source:
+                    with_token[workload["metadata"]["name"]] = (pod, volume, source)
+    assert list(with_token) == ["rotate-pull-token"]
+    pod, volume, source = with_token["rotate-pull-token"]
+    token = source["serviceAccountToken"]
+    assert token["path"] == "token" and 600 <= token["expirationSeconds"] <= 3600
+    assert "audience" not in token  # the API server's own audience
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert mount["readOnly"] is True
+    (role,) = overlay.of_kind("Role")
+    assert role["metadata"]["name"] == "rotate-pull-token"
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["acr-pull"],
+            "verbs": ["get", "update"],
+        }
+    ]
+    (binding,) = overlay.of_kind("RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "rotate-pull-token",
+    }
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": pod["serviceAccountName"],
+            "namespace": NAMESPACE,
+        }
+    ]
+    args = container["args"]
+    assert args[args.index("--secret") + 1] == role["rules"][0]["resourceNames"][0]
+    assert "ClusterRole" not in {d["kind"] for d in overlay.docs}

@@ -2,8 +2,8 @@
 
 The script runs with a PATH holding only logging shims: every external program it starts
 is recorded with its arguments (a command missing from the shims fails the run). kubectl
-`create --dry-run=client` is the real kubectl; `kubectl apply` is captured instead of
-reaching a cluster.
+`create --dry-run=client` and `annotate --local` are the real kubectl; `kubectl apply` is
+captured instead of reaching a cluster.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def test_pull_secret_is_well_formed_and_the_password_is_never_shown(
         assert form not in result.stdout and form not in result.stderr
     assert result.stdout.strip() == "secret/acr-pull configured"
     programs = [call[0] for call in calls]
-    assert programs.count("kubectl") == 2 and set(programs) <= {"kubectl", "base64", "tr"}
+    assert programs.count("kubectl") == 3 and set(programs) <= {"kubectl", "base64", "tr"}
     (create,) = [c for c in calls if c[:2] == ["kubectl", "create"]]
     assert "--from-file=.dockerconfigjson=/dev/stdin" in create
     assert "--dry-run=client" in create
@@ -107,7 +107,13 @@ def test_pull_secret_is_well_formed_and_the_password_is_never_shown(
     secret = yaml.safe_load(applied)
     kubernetes_validate.validate(secret, kubernetes_validate.latest_version(), strict=True)
     assert secret["type"] == "kubernetes.io/dockerconfigjson"
-    assert secret["metadata"] == {"name": "acr-pull", "namespace": "scoregate"}
+    assert secret["metadata"] == {
+        "name": "acr-pull",
+        "namespace": "scoregate",
+        # Which of the token's passwords it holds, for the rotation job (password1 unless
+        # ACR_PASSWORD_NAME says otherwise).
+        "annotations": {"scoregate/acr-token-password": "password1"},
+    }
     config = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
     server = "scoregateacr.azurecr.io"
     assert list(config["auths"]) == [server]
@@ -136,6 +142,15 @@ def test_pull_secret_is_well_formed_and_the_password_is_never_shown(
             },
             "NAMESPACE is not a valid namespace name",
         ),
+        (
+            {
+                "ACR_NAME": "scoregateacr",
+                "ACR_USERNAME": "u",
+                "ACR_PASSWORD": "p",
+                "ACR_PASSWORD_NAME": "password3",
+            },
+            "ACR_PASSWORD_NAME must be password1 or password2",
+        ),
     ],
 )
 def test_missing_or_malformed_settings_stop_before_kubectl(
@@ -149,3 +164,17 @@ def test_missing_or_malformed_settings_stop_before_kubectl(
 
 def test_script_is_executable() -> None:
     assert os.access(SCRIPT, os.X_OK)
+
+
+def test_the_password_name_reaches_the_annotation(shims: Path, tmp_path: Path) -> None:
+    result, _, applied = create_secret(
+        shims,
+        tmp_path,
+        ACR_NAME="scoregateacr",
+        ACR_USERNAME="scoregate-pull",
+        ACR_PASSWORD=PASSWORD,
+        ACR_PASSWORD_NAME="password2",
+    )
+    assert result.returncode == 0, result.stderr
+    secret = yaml.safe_load(applied)
+    assert secret["metadata"]["annotations"] == {"scoregate/acr-token-password": "password2"}

@@ -21,6 +21,10 @@ from tests.k8s.netpol import Cluster, Endpoint, matrix
 EXTERNAL = (
     Endpoint("internet", "198.51.100.7", ports={(443, "TCP"): "", (80, "TCP"): ""}),
     Endpoint("keyvault", "20.38.0.10", ports={(443, "TCP"): ""}),
+    # Azure Resource Manager, and an AKS API server (kubernetes.default.svc's endpoint: a
+    # public address on a public cluster).
+    Endpoint("arm", "4.150.240.10", ports={(443, "TCP"): ""}),
+    Endpoint("kube-apiserver", "20.61.93.7", ports={(443, "TCP"): ""}),
     Endpoint("imds", "169.254.169.254", ports={(80, "TCP"): "", (443, "TCP"): ""}),
     Endpoint("azure-platform", "168.63.129.16", ports={(443, "TCP"): "", (53, "UDP"): ""}),
     Endpoint("vnet-host", "10.1.0.4", ports={(443, "TCP"): "", (5432, "TCP"): ""}),
@@ -39,11 +43,18 @@ EXTERNAL = (
 )
 
 
+def pod_template(workload: dict[str, Any]) -> dict[str, Any]:
+    if workload["kind"] == "CronJob":
+        return dict(workload["spec"]["jobTemplate"]["spec"]["template"])
+    return dict(workload["spec"]["template"])
+
+
 def workload_endpoints(docs: list[dict[str, Any]]) -> list[Endpoint]:
-    """One pod per Deployment: its template's labels and its containers' ports."""
+    """One pod per Deployment and CronJob: its template's labels and its containers' ports."""
     pods = []
-    for i, deployment in enumerate(d for d in docs if d["kind"] == "Deployment"):
-        template = deployment["spec"]["template"]
+    workloads = [d for d in docs if d["kind"] in {"Deployment", "CronJob"}]
+    for i, deployment in enumerate(workloads):
+        template = pod_template(deployment)
         ports = {
             (p["containerPort"], p.get("protocol", "TCP")): p.get("name", "")
             for c in template["spec"]["containers"]
@@ -88,7 +99,13 @@ def intended(scorers: dict[str, int]) -> set[tuple[str, str, str]]:
     # …and out: cluster DNS, and HTTPS to public addresses (Key Vault, Entra ID), never
     # to private ranges, the metadata service or Azure's platform address.
     paths |= {("gateway", "kube-dns", "53/UDP"), ("gateway", "kube-dns", "53/TCP")}
-    paths |= {("gateway", "keyvault", "443/TCP"), ("gateway", "internet", "443/TCP")}
+    public_https = ("keyvault", "arm", "kube-apiserver", "internet")
+    paths |= {("gateway", name, "443/TCP") for name in public_https}
+    # The rotation jobs (nothing reaches them): cluster DNS, and HTTPS to public
+    # addresses (Key Vault, Entra ID, ARM, the API server), as the gateway.
+    for job in ("rotate-api-key", "rotate-pull-token"):
+        paths |= {(job, "kube-dns", "53/UDP"), (job, "kube-dns", "53/TCP")}
+        paths |= {(job, name, "443/TCP") for name in public_https}
     # Metrics: the scraper alone, to each pod's metrics port and nothing else of it.
     paths.add(("ama-metrics", "gateway", "9100/TCP"))
     paths |= {("ama-metrics", name, "9101/TCP") for name in scorers}
@@ -181,6 +198,24 @@ def other_namespace(policy: dict[str, Any]) -> dict[str, Any]:
             {("gateway", "vnet-host", "443/TCP"), ("gateway", "imds", "443/TCP")},
             set(),
             id="https-egress-without-private-ranges-excepted",
+        ),
+        pytest.param(
+            "rotation-egress",
+            drop_except,
+            {("rotate-pull-token", "imds", "443/TCP"), ("rotate-api-key", "vnet-host", "443/TCP")},
+            set(),
+            id="rotation-jobs-egress-without-private-ranges-excepted",
+        ),
+        pytest.param(
+            "rotation-egress",
+            lambda p: None,
+            # Default deny keeps a job's egress closed without its policy.
+            set(),
+            {
+                ("rotate-pull-token", "kube-apiserver", "443/TCP"),
+                ("rotate-api-key", "keyvault", "443/TCP"),
+            },
+            id="rotation-jobs-without-their-egress-reach-nothing",
         ),
         pytest.param(
             "scorer-cpu-ingress",
