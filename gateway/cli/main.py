@@ -986,6 +986,10 @@ def parser() -> argparse.ArgumentParser:
         "report",
         help="verify, then summarise a period as text, JSON or one HTML page; exit 0 intact, "
         "1 broken (the report says so first), 2 nothing to report on",
+        description="Verify the trail and summarise a period in one pass; the first line "
+        "(text), the banner key (JSON) or the banner (HTML) says INTACT or BROKEN. Exit "
+        "status: 0 every trail intact; 1 a trail is broken (the report is still written); "
+        "2 nothing to report on (no trail, a missing file, no public key).",
     )
     rep.add_argument("paths", nargs="*", help=paths_help)
     for p_ in (ver, rep):
