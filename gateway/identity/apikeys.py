@@ -92,6 +92,16 @@ def digest(key: str) -> str:
 _DUMMY_DIGEST = digest("sg_" + "a" * 16 + "_" + "a" * 52 + "_00000000")
 
 
+class RefusedKey(Unauthenticated):
+    """The right secret of a revoked, disabled or expired generation. Its holder proved
+    possession, so the audit record names the generation (a rotation script asks who
+    still sends it); the client sees the same 401 as for any other cause."""
+
+    def __init__(self, principal: Principal, *, reason: str) -> None:
+        super().__init__(reason=reason)
+        self.principal = principal
+
+
 def authenticate_api_key(presented: str, keys: KeyRing, now: dt.datetime) -> Principal:
     parsed = parse(presented)
     if parsed is None:
@@ -109,16 +119,17 @@ def authenticate_api_key(presented: str, keys: KeyRing, now: dt.datetime) -> Pri
         raise Unauthenticated(reason="api_key_unknown")
     if match is None:
         raise Unauthenticated(reason="api_key_wrong_secret")
-    state = match.state(now)
-    if state != "active":
-        raise Unauthenticated(reason=f"api_key_{state}")
-    return Principal(
+    principal = Principal(
         subject=match.owner or f"apikey:{match.key_id}",
         credential="api_key",
         scopes=match.scopes,
         key_id=match.key_id,
         key_version=match.version,
     )
+    state = match.state(now)
+    if state != "active":
+        raise RefusedKey(principal, reason=f"api_key_{state}")
+    return principal
 
 
 def authenticate(api_key: str | None, keys: KeyRing, now: dt.datetime) -> Principal:

@@ -35,6 +35,7 @@ from gateway.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
+from gateway.identity.apikeys import RefusedKey
 from gateway.identity.credentials import Authenticator
 from gateway.identity.principal import Principal
 from gateway.metrics import GatewayMetrics
@@ -127,7 +128,9 @@ class RequestPath:
     async def _authenticate(self, ex: Exchange, head: Head) -> Principal:
         try:
             principal = self._authenticator.authenticate(head.authorization, head.api_key)
-        except Unauthenticated:
+        except Unauthenticated as exc:
+            if isinstance(exc, RefusedKey):
+                ex.principal = exc.principal  # recorded: which generation is still sent
             await self._limiter.failed_authentication(ex.client)
             raise
         ex.principal = principal

@@ -94,7 +94,11 @@ def test_revoked_or_expired_key_is_401_and_audited(stack: Stack, which: str, rea
     assert r.status_code == 401
     assert r.json()["error"] == "missing or invalid credentials"  # same for every cause
     record = stack.audit_for(r.headers["x-request-id"])
-    assert (record["reason"], record["key_id"]) == (reason, None)
+    # The right secret of a dead generation: the record names the generation (who still
+    # sends it, for the reviewer's key usage), the client learns nothing more.
+    assert (record["reason"], record["decision"]) == (reason, "deny")
+    assert record["key_id"] == stack.keys.ids[which]
+    assert record["key_version"] and record["subject"] == f"test-{which}"
 
 
 @pytest.mark.e2e
