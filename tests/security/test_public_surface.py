@@ -157,7 +157,7 @@ async def test_no_input_gets_a_500_and_the_replica_stays_ready(
         await response.get_data(as_text=True),
     )
     if response.status_code >= 400 and method != "HEAD":
-        error = (await response.get_json())
+        error = await response.get_json()
         assert error["code"] != "internal_error"
         assert error["request_id"] == response.headers["x-request-id"]
     ready = await client.get("/v2/health/ready")
