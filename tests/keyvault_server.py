@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import ssl
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.azurite import storage_token
+from tests.https_server import AiohttpOverTls, server_context
 
 TOKEN = "test-access-token"
 DISCOVERY = "/.well-known/openid-configuration"
@@ -230,46 +229,11 @@ def build_app(state: VaultState) -> web.Application:
     return app
 
 
-class KeyVaultServer:
+class KeyVaultServer(AiohttpOverTls):
     """Runs the app on its own event loop in a thread, on 127.0.0.1 with the test CA's cert."""
+
+    name = "the Key Vault test server"
 
     def __init__(self, cert: str, key: str, port: int) -> None:
         self.state = VaultState()
-        self.port = port
-        self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ssl.load_cert_chain(cert, key)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"https://localhost:{self.port}"
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def start() -> None:
-            self._runner = web.AppRunner(build_app(self.state), access_log=None)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self._ssl).start()
-            self._ready.set()
-
-        self._loop.run_until_complete(start())
-        self._loop.run_forever()
-
-    def start(self) -> None:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the Key Vault test server did not start")
-
-    def stop(self) -> None:
-        async def cleanup() -> None:
-            if self._runner is not None:
-                await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        super().__init__(build_app(self.state), server_context(cert, key), port)

@@ -14,21 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Callable
 
+from tests.https_server import LoopThread
 
-class ConnectProxy:
+
+class ConnectProxy(LoopThread):
     """Runs on its own event loop in a thread, on 127.0.0.1 and a free port."""
 
+    name = "the CONNECT proxy"
+
     def __init__(self, routes: dict[str, int]) -> None:
+        super().__init__()
         self.routes = routes  # "host:port" → local port
         self.connects: list[str] = []  # every CONNECT target asked for, in order
         self.on_connect: Callable[[str], None] | None = None  # runs before the tunnel opens
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
         self._server: asyncio.Server | None = None
 
     @property
@@ -71,31 +71,13 @@ class ConnectProxy:
         await writer.drain()
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
+    async def _open(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
 
-        async def start() -> None:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-            self.port = self._server.sockets[0].getsockname()[1]
-            self._ready.set()
-
-        self._loop.run_until_complete(start())
-        self._loop.run_forever()
-
-    def start(self) -> None:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the CONNECT proxy did not start")
-
-    def stop(self) -> None:
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
