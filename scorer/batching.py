@@ -61,6 +61,11 @@ class Scheduler(Protocol):
 
     async def run(self, rows: Array, outputs: tuple[str, ...]) -> Outputs: ...
 
+    def run_now(self, rows: Array, outputs: tuple[str, ...]) -> Outputs | None:
+        """The prediction run at once, on the event loop, when this scheduler would run
+        it there anyway; None when it has to be awaited with ``run``."""
+        ...
+
 
 class BatchMetrics:
     """Prometheus series for the batchers of one scorer process (its own registry)."""
@@ -138,13 +143,20 @@ class Unbatched:
         # A moving average: a model that turns slow leaves the loop within a call or two.
         self._per_row_s = per_row if last is None else 0.7 * last + 0.3 * per_row
 
-    async def run(self, rows: Array, outputs: tuple[str, ...]) -> Outputs:
+    def run_now(self, rows: Array, outputs: tuple[str, ...]) -> Outputs | None:
         estimate = self._per_row_s
-        if estimate is not None and estimate * len(rows) <= self._budget_s:
-            result, seconds = self._timed(rows, outputs)  # cheaper than a thread hand-off
-        else:
-            # Blocking model code runs in a thread: the loop stays free for other requests.
-            result, seconds = await asyncio.to_thread(self._timed, rows, outputs)
+        if estimate is None or estimate * len(rows) > self._budget_s:
+            return None
+        result, seconds = self._timed(rows, outputs)  # cheaper than a thread hand-off
+        self._observe(seconds, len(rows))
+        return result
+
+    async def run(self, rows: Array, outputs: tuple[str, ...]) -> Outputs:
+        now = self.run_now(rows, outputs)
+        if now is not None:
+            return now
+        # Blocking model code runs in a thread: the loop stays free for other requests.
+        result, seconds = await asyncio.to_thread(self._timed, rows, outputs)
         self._observe(seconds, len(rows))
         return result
 
@@ -210,6 +222,9 @@ class DynamicBatcher:
         if self._task is not None:
             await self._task
         self._executor.shutdown(wait=True)
+
+    def run_now(self, rows: Array, outputs: tuple[str, ...]) -> Outputs | None:
+        return None  # always through the queue and the model's thread
 
     async def run(self, rows: Array, outputs: tuple[str, ...]) -> Outputs:
         if self._closing:

@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 import numpy as np
+import orjson
 
 from scorer.errors import InvalidInput, PayloadTooLarge
 from scorer.repository import ModelSettings, TensorSpec
@@ -63,6 +64,10 @@ def _has_bool(data: Any) -> bool:
 
 
 def _batch_checked(array: np.ndarray[Any, Any], spec: TensorSpec, settings: ModelSettings) -> None:
+    """What every batch passes before a model sees it, whatever it was sent as; the
+    runtimes rely on it and skip their own checks of it (`scorer.runtimes.sklearn`): the
+    model's shape and batch limit, and finite values (NaN only where the model's settings
+    allow it, infinities never, as scikit-learn's ``allow-nan`` checks have it)."""
     if array.ndim != len(spec.shape):
         raise InvalidInput(f"input must have {len(spec.shape)} dimensions, got {array.ndim}")
     for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
@@ -74,8 +79,11 @@ def _batch_checked(array: np.ndarray[Any, Any], spec: TensorSpec, settings: Mode
         raise PayloadTooLarge(
             f"batch of {array.shape[0]} exceeds this model's maximum of {settings.max_batch}"
         )
-    if array.dtype.kind == "f" and not spec.allow_nan and not np.isfinite(array).all():
-        raise InvalidInput("input contains NaN or infinite values")
+    if array.dtype.kind == "f":
+        if not spec.allow_nan and not np.isfinite(array).all():
+            raise InvalidInput("input contains NaN or infinite values")
+        if spec.allow_nan and np.isinf(array).any():
+            raise InvalidInput("input contains infinite values")
 
 
 def _fixed_dimensions(shape: list[int], spec: TensorSpec) -> None:
@@ -108,9 +116,13 @@ def _check_datatype(datatype: str, spec: TensorSpec) -> None:
 
 
 def _cast(raw: np.ndarray[Any, Any], spec: TensorSpec) -> np.ndarray[Any, Any]:
+    """The array in the model's datatype: the same array when it already is (no copy)."""
+    dtype = NUMPY_DTYPES[spec.datatype]
+    if raw.dtype == dtype:
+        return raw
     try:
         with np.errstate(over="raise", invalid="raise"):
-            return raw.astype(NUMPY_DTYPES[spec.datatype], casting="unsafe", copy=False)
+            return raw.astype(dtype, casting="unsafe", copy=False)
     except FloatingPointError:
         raise InvalidInput("input value out of range for the datatype") from None
 
@@ -341,10 +353,30 @@ def _datatype_of(array: np.ndarray[Any, Any]) -> str:
     return "FP64"
 
 
-def _jsonable(array: np.ndarray[Any, Any]) -> list[Any]:
-    if array.dtype.kind in "USO":
-        return [str(x) for x in array.reshape(-1)]
-    return array.reshape(-1).tolist()
+def _json_array(array: np.ndarray[Any, Any]) -> list[Any] | np.ndarray[Any, Any]:
+    """A numeric array as JSON data (shape kept): the array itself where orjson writes it
+    (``dumps``) byte for byte as it writes ``tolist()``, without making a Python object
+    per element; float32 and float16 as Python floats, since orjson would write their own
+    shortest form (0.1, not the 0.10000000149011612 that clients have been sent)."""
+    if array.dtype.isnative and (array.dtype.kind in "biu" or array.dtype == np.float64):
+        return array if array.flags.c_contiguous else array.copy()
+    data: list[Any] = array.tolist()
+    return data
+
+
+def _jsonable(array: np.ndarray[Any, Any]) -> list[Any] | np.ndarray[Any, Any]:
+    flat = array.reshape(-1)
+    if array.dtype.kind == "U":
+        return flat.tolist()  # str objects already
+    if array.dtype.kind in "SO":
+        return [str(x) for x in flat]
+    return _json_array(flat)
+
+
+def dumps(payload: dict[str, Any]) -> bytes:
+    """An encoded answer (``encode_v2``, ``encode_v1``) as JSON; numpy arrays written by
+    orjson directly."""
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _binary(array: np.ndarray[Any, Any], datatype: str) -> bytes:
@@ -389,7 +421,7 @@ def encode_v1(outputs: dict[str, np.ndarray[Any, Any]]) -> dict[str, Any]:
     predictions = outputs["predict"]
     if predictions.dtype.kind in "USO":
         return {"predictions": [str(x) for x in predictions]}
-    return {"predictions": predictions.tolist()}
+    return {"predictions": _json_array(predictions)}
 
 
 def output_metadata(

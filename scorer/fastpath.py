@@ -186,19 +186,24 @@ class ScoringPath:
             else:
                 names = runtime.outputs[:1]
                 batch = await _decoded(dataplane.decode_v1, body, settings, len(raw))
-        with cancel_if_client_leaves(receive) as gone:
-            try:
-                outputs = await scheduler.run(batch, names)
-            except asyncio.CancelledError:
-                if not gone():
-                    raise
-                raise ClientGone from None
+        # A prediction run inline holds the event loop until it returns, so no disconnect
+        # could be noticed meanwhile: no watcher for it (a task made and cancelled per
+        # request, for nothing).
+        outputs = scheduler.run_now(batch, names)
+        if outputs is None:
+            with cancel_if_client_leaves(receive) as gone:
+                try:
+                    outputs = await scheduler.run(batch, names)
+                except asyncio.CancelledError:
+                    if not gone():
+                        raise
+                    raise ClientGone from None
         dataplane.check_outputs(outputs)
         if kind == "v1":
-            return orjson.dumps(dataplane.encode_v1(outputs)), None
+            return dataplane.dumps(dataplane.encode_v1(outputs)), None
         request_id = body.get("id") if isinstance(body.get("id"), str) else None
         response, parts = dataplane.encode_v2(outputs, settings, request_id, wanted_binary)
-        encoded = orjson.dumps(response)
+        encoded = dataplane.dumps(response)
         if not parts:
             return encoded, None
         return join(encoded, parts)

@@ -287,3 +287,23 @@ async def test_an_inline_budget_of_zero_always_uses_the_thread() -> None:
     for _ in range(3):
         await scheduler.run(np.ones((1, 4), dtype=np.float32), ("double",))
     assert model.threads == [False, False, False]
+
+
+async def test_run_now_answers_only_what_would_run_on_the_loop() -> None:
+    """The scoring path asks ``run_now`` first: an answer means the prediction ran inline
+    (nothing left to await or to cancel); None means nothing ran, ``run`` follows."""
+    from scorer.batching import Unbatched
+
+    rows = np.ones((1, 4), dtype=np.float32)
+    model = ThreadSpy()
+    scheduler = Unbatched(model, inline_budget_s=0.005)
+    assert scheduler.run_now(rows, ("double",)) is None  # not measured yet
+    await scheduler.run(rows, ("double",))
+    answer = scheduler.run_now(rows, ("double",))
+    assert answer is not None and answer["double"].tolist() == [[3.0] * 4]
+    assert model.threads == [False, True]
+    assert scheduler.run_now(np.ones((100_000, 4), dtype=np.float32), ("double",)) is None
+    assert model.threads == [False, True]  # over the budget: not run
+    recorder = Recorder()
+    assert batcher(recorder).run_now(rows, ("double",)) is None  # batches always queue
+    assert recorder.batches == []

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from scorer import dataplane
@@ -85,6 +86,14 @@ def test_nan_and_infinity_are_refused_unless_allowed() -> None:
         dataplane.decode_v1({"instances": [[float("inf"), 1, 2, 3]]}, SETTINGS)
     lenient = SETTINGS.model_copy(update={"input": TensorSpec(shape=(-1, 4), allow_nan=True)})
     assert np.isnan(dataplane.decode_v1({"instances": [[float("nan"), 1, 2, 3]]}, lenient)[0, 0])
+    # Infinities never reach a model, even one that takes NaN: scikit-learn's checks, which
+    # the runtime leaves to this one, would refuse them too.
+    with pytest.raises(InvalidInput, match="infinite"):
+        dataplane.decode_v1({"instances": [[float("-inf"), 1, 2, 3]]}, lenient)
+    binary = memoryview(np.array([[1, 2, float("inf"), 4]], "<f8").tobytes())
+    tensor = {"shape": [1, 4], "datatype": "FP64", "parameters": {"binary_data_size": 32}}
+    with pytest.raises(InvalidInput, match="infinite"):
+        dataplane.decode_v2({"inputs": [tensor]}, lenient, [binary])
 
 
 def test_batch_over_the_maximum_is_too_large() -> None:
@@ -109,8 +118,29 @@ def test_encode_v2_and_v1() -> None:
         "data": ["setosa", "virginica"],
     }
     assert encoded["outputs"][1]["datatype"] == "FP64"
-    assert encoded["outputs"][1]["data"] == [0.9, 0.1, 0.2, 0.8]
-    assert dataplane.encode_v1({"predict": np.array([1, 0])}) == {"predictions": [1, 0]}
+    assert orjson.loads(dataplane.dumps(encoded))["outputs"][1]["data"] == [0.9, 0.1, 0.2, 0.8]
+    assert dataplane.dumps(dataplane.encode_v1({"predict": np.array([1, 0])})) == (
+        b'{"predictions":[1,0]}'
+    )
+
+
+@pytest.mark.parametrize(
+    "dtype", ["float64", "float32", "float16", "int64", "int32", "uint8", "bool", ">f8", "<U9"]
+)
+def test_json_outputs_are_written_as_tolist_would_write_them(dtype: str) -> None:
+    """Arrays that orjson writes itself come out byte for byte as their Python lists did."""
+    rng = np.random.default_rng(7)
+    values = rng.normal(scale=1e3, size=(5, 3))
+    if dtype == "<U9":
+        values = values.round().astype(int).astype(str)
+    array = values.astype(dtype)[:, ::2]  # not contiguous either
+    encoded = dataplane.dumps(dataplane.encode_v2({"out": array}, SETTINGS, None)[0])
+    assert orjson.loads(encoded)["outputs"][0]["data"] == array.reshape(-1).tolist()
+    tensor = orjson.dumps({"data": array.reshape(-1).tolist()})
+    assert tensor[1:-1] in encoded
+    assert dataplane.dumps(dataplane.encode_v1({"predict": array[:, 0]})) == orjson.dumps(
+        {"predictions": array[:, 0].tolist()}
+    )
 
 
 def test_requested_outputs_default_to_the_first_and_are_checked() -> None:
