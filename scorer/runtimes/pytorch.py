@@ -45,6 +45,8 @@ class TorchRuntime:
     device: torch.device
     dtype: torch.dtype
     outputs: tuple[str, ...] = ("output",)
+    # The labels as an array, made once: a batch's class indices pick from it.
+    labels: np.ndarray[Any, Any] | None = None
 
     @classmethod
     def load(cls, folder: Path, settings: ModelSettings) -> TorchRuntime:
@@ -57,7 +59,8 @@ class TorchRuntime:
         dtype = torch.float16 if settings.half and device.type == "cuda" else torch.float32
         if dtype == torch.float16:
             module = module.half()
-        runtime = cls(settings, module, device, dtype)
+        labels = np.asarray(settings.labels, dtype=object) if settings.labels else None
+        runtime = cls(settings, module, device, dtype, labels=labels)
         runtime.outputs = runtime._warm_up()
         log.warning("model %s ready on %s (%s)", settings.name, device, dtype)
         return runtime
@@ -88,10 +91,16 @@ class TorchRuntime:
             torch.cuda.synchronize(self.device)
         return CLASSIFIER_OUTPUTS if classifier else ("output",)
 
+    def _input(self, batch: np.ndarray[Any, Any]) -> torch.Tensor:
+        """The batch as the model's input tensor, on its device: over the batch's own
+        memory where it can be. A binary tensor is a read-only view of the request's bytes,
+        maybe unaligned: copied then, as torch tensors are writable."""
+        array = np.require(batch, requirements=("C_CONTIGUOUS", "ALIGNED", "WRITEABLE"))
+        return torch.from_numpy(array).to(self.device, self.dtype)
+
     def _forward(self, batch: np.ndarray[Any, Any]) -> torch.Tensor:
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self.dtype)
-            y = self.module(x)
+            y = self.module(self._input(batch))
             if isinstance(y, (tuple, list)):
                 y = y[0]
             if not isinstance(y, torch.Tensor):
@@ -101,7 +110,8 @@ class TorchRuntime:
     def predict(
         self, batch: np.ndarray[Any, Any], outputs: tuple[str, ...]
     ) -> dict[str, np.ndarray[Any, Any]]:
-        """Blocking: the batcher calls it from the model's own thread."""
+        """Blocking: the batcher calls it from the model's own thread. ``batch`` comes from
+        the data plane: the model's input datatype and shape, finite unless allowed."""
         y = self._forward(batch)
         if self.outputs == ("output",):
             return {"output": y.cpu().numpy()}
@@ -112,6 +122,5 @@ class TorchRuntime:
             result["probabilities"] = torch.softmax(y, dim=1).cpu().numpy()
         if "predict" in outputs:
             index = y.argmax(dim=1).cpu().numpy()
-            labels = self.settings.labels
-            result["predict"] = np.asarray(labels, dtype=object)[index] if labels else index
+            result["predict"] = self.labels[index] if self.labels is not None else index
         return {name: result[name] for name in outputs}
