@@ -475,6 +475,11 @@ def figures(
         "p50 added latency at c1: gateway path - direct path (wrk -c1)",
         per_rep=added("gateway-jwt"),
         haproxy_added_ms=mean(added("haproxy")),
+        # Issue 17's goal: the gateway's added p50 at most twice HAProxy's, in one run.
+        over_haproxy=_ratio(mean(added("gateway-jwt")), mean(added("haproxy"))),
+        over_haproxy_per_rep=[
+            _ratio(g, h) for g, h in zip(added("gateway-jwt"), added("haproxy"), strict=False)
+        ],
         gateway_p50_ms=mean([r.p50_ms for r in _runs(runs, "gateway-jwt", 1)]),
         haproxy_p50_ms=mean([r.p50_ms for r in _runs(runs, "haproxy", 1)]),
         direct_p50_ms=mean([r.p50_ms for r in _runs(runs, "direct", 1)]),
@@ -611,7 +616,8 @@ def report(result: dict[str, Any]) -> str:
         f"{_fmt(b1['hey_cross_check'], 'x')}; gateway ÷ direct scorer: "
         f"{_fmt(b1['gateway_over_direct'], 'x')}; "
         f"HAProxy ÷ direct: {_fmt(b1['haproxy_over_direct'], 'x')}",
-        f"B2   HAProxy's added p50: {_fmt(b2['haproxy_added_ms'], 'ms')}; p50 at c1: gateway "
+        f"B2   ÷ HAProxy's added p50 ({_fmt(b2['haproxy_added_ms'], 'ms')}): "
+        f"{_fmt(b2['over_haproxy'], 'x')}; p50 at c1: gateway "
         f"{_fmt(b2['gateway_p50_ms'], 'ms')}, HAProxy {_fmt(b2['haproxy_p50_ms'], 'ms')}, "
         f"direct {_fmt(b2['direct_p50_ms'], 'ms')}",
         f"B4   CPU µs/request: gateway {_fmt(b4['gateway_us'], 'µs')} (API key "

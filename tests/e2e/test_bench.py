@@ -174,6 +174,9 @@ def test_make_bench_quick_prints_b1_to_b11_as_a_table_and_as_json(
     assert figures["B6"]["value"] is None and figures["B6"]["skipped"]
     assert figures["B1"]["api_key"] is not None and figures["B1"]["hey_cross_check"] is not None
     assert figures["B2"]["haproxy_added_ms"] is not None
+    assert figures["B2"]["over_haproxy"] == pytest.approx(
+        figures["B2"]["value"] / figures["B2"]["haproxy_added_ms"], rel=0.01
+    )
     assert set(figures["B7"]["peak_rss_mib"]) == {"gateway", "scorer", "haproxy"}
     runs = {(r["tool"], r["target"], r["connections"]) for r in result["runs"]}
     assert runs == {
