@@ -36,6 +36,7 @@ def hypercorn_config(settings: GatewaySettings, reloader: CertificateReloader) -
         port=settings.port,
         log_level=settings.log_level,
         keep_alive_timeout_s=settings.keep_alive_timeout_s,
+        http1_parser=settings.http1_parser,
         tls=reloader,
     )
     config.alpn_protocols = tls.ALPN

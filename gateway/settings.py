@@ -43,6 +43,9 @@ class GatewaySettings(BaseSettings):
     read_timeout_s: int = Field(default=10, gt=0)  # any single read from the socket
     body_timeout_s: float = Field(default=10.0, gt=0)  # the whole body: 408 after it
     max_header_bytes: int = Field(default=16 * KIB, ge=1 * KIB)
+    # What reads HTTP/1.1 requests: llhttp (httptools), or h11 as the fallback; the same
+    # answers, proven by tests/serving/test_http1_differential.py (SECURITY.md).
+    http1_parser: Literal["llhttp", "h11"] = "llhttp"
     max_body_bytes: int = Field(default=1 * MIB, ge=1)
     max_response_bytes: int = Field(default=8 * MIB, ge=1)
     # Answers being received from every scorer together (the pod's limit is 512 MiB).

@@ -45,6 +45,7 @@ def hypercorn_config(settings: ScorerSettings) -> Config:
         port=settings.port,
         log_level=settings.log_level,
         keep_alive_timeout_s=settings.keep_alive_timeout_s,
+        http1_parser=settings.http1_parser,
         tls=listener,
     )
 

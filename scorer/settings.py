@@ -24,6 +24,9 @@ class ScorerSettings(BaseSettings):
     port: int = Field(default=9001, ge=1, le=65535)
     max_body_bytes: int = Field(default=4 * MIB, ge=1)
     keep_alive_timeout_s: float = Field(default=75.0, gt=0)
+    # What reads HTTP/1.1 requests: llhttp (httptools), or h11 as the fallback (the same
+    # answers: tests/serving/test_http1_differential.py).
+    http1_parser: Literal["llhttp", "h11"] = "llhttp"
     # Unbatched models whose measured prediction time is at most this run on the event
     # loop instead of a worker thread (the hand-off costs more than they do); 0: always
     # in a thread. It bounds how long one prediction may hold up other requests.

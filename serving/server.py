@@ -17,14 +17,19 @@ import logging
 import signal
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework
 
 from serving.certwatch import CertificateReloader
-from serving.hazmat import hypercorn_h11
+from serving.hazmat import hypercorn_h11, llhttp_h1
+
+# Which code reads HTTP/1.1 requests: llhttp (httptools; serving/hazmat/llhttp_h1.py) or
+# h11, Hypercorn's own. The same answers byte for byte (tests/serving/
+# test_http1_differential.py); llhttp costs a fifth of h11's CPU (bench/http1.py).
+HTTP1Parser = Literal["llhttp", "h11"]
 
 
 class TLSConfig(Config):
@@ -49,6 +54,7 @@ def hypercorn_config(
     port: int,
     log_level: str,
     keep_alive_timeout_s: float,
+    http1_parser: HTTP1Parser,
     tls: CertificateReloader | None = None,
 ) -> Config:
     """The settings both processes share; ``tls``: serve TLS from the reloader's files."""
@@ -61,6 +67,7 @@ def hypercorn_config(
     config.bind = [f"{host}:{port}"]
     config.include_server_header = False  # no banner naming the software
     config.keep_alive_timeout = keep_alive_timeout_s
+    config.http1_parser = http1_parser  # type: ignore[attr-defined]  # read by serving.hazmat
     config.accesslog = None  # the gateway's audit trail is the access record
     # Hypercorn's own messages go through our (JSON) root handler, not a handler of its own.
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -80,7 +87,8 @@ async def serve(
     ``around``, when given, starts something beside the app (the metrics listener) and
     returns how to stop it once serving has ended (None: nothing was started).
     """
-    hypercorn_h11.install()  # one write per response, no task per read (serving.hazmat)
+    # One write per response, no task per read, the HTTP/1.1 parser chosen (serving.hazmat).
+    hypercorn_h11.install({"llhttp": llhttp_h1.LlhttpProtocol})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

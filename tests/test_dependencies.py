@@ -1,10 +1,12 @@
 """Dependency bounds that match what the code relies on, checked on every run.
 
-Two modules go beyond a library's public API: `serving/hazmat/hypercorn_h11.py` replaces
-private methods of Hypercorn, and `gateway/ratelimit/memory.py` subclasses `limits`'
-storage internals. Each names the releases it was checked against; pyproject.toml must
-admit exactly those, and the installed release must be one of them. An upgrade fails
-here until the module is read against the new release and its list updated.
+Three modules go beyond a library's public API: `serving/hazmat/hypercorn_h11.py` replaces
+private methods of Hypercorn, `serving/hazmat/llhttp_h1.py` replaces Hypercorn's HTTP/1.1
+protocol on httptools' llhttp (whose strictness it relies on), and
+`gateway/ratelimit/memory.py` subclasses `limits`' storage internals. Each names the
+releases it was checked against; pyproject.toml must admit exactly those, and the
+installed release must be one of them. An upgrade fails here until the module is read
+against the new release and its list updated.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from packaging.version import Version
 
 from gateway.ratelimit.memory import CHECKED_LIMITS_SERIES
 from serving.hazmat.hypercorn_h11 import PATCHED_VERSIONS
+from serving.hazmat.llhttp_h1 import CHECKED_HTTPTOOLS_SERIES
 from tests.conftest import ROOT
 
 
@@ -61,3 +64,13 @@ def test_limits_is_bounded_to_the_series_its_storage_was_checked_against() -> No
     for outside in (f"{major}.{minor + 1}.0", f"{major + 1}.0.0", f"{major}.{minor - 1}.9"):
         assert not specifier.contains(outside), outside
     assert specifier.contains(version("limits"))
+
+
+def test_httptools_is_bounded_to_the_series_the_http1_protocol_was_checked_against() -> None:
+    specifier = requirement("httptools").specifier
+    major, minor = (int(part) for part in CHECKED_HTTPTOOLS_SERIES.split("."))
+    assert specifier.contains(f"{major}.{minor}.0")
+    assert specifier.contains(f"{major}.{minor}.9")
+    for outside in (f"{major}.{minor + 1}.0", f"{major + 1}.0.0", f"{major}.{minor - 1}.9"):
+        assert not specifier.contains(outside), outside
+    assert specifier.contains(version("httptools"))

@@ -7,7 +7,9 @@ it cannot parse), `H11Protocol._maybe_recycle` (between two requests of a connec
 `TCPServer._read_data` (how a connection reads under its read timeout). All are private
 methods; the replacement classes are swapped into `hypercorn.protocol` and
 `hypercorn.asyncio.run` by `install()`, which only `serving.server` calls, once per
-process, before serving.
+process, before serving. For HTTP/1.1, `install()` puts `http1_protocol` in the place of
+Hypercorn's H11Protocol class: each connection gets the protocol its config's
+``http1_parser`` names, the class below ("h11") or `serving.hazmat.llhttp_h1`'s.
 
 Checked against: Hypercorn 0.18.0 (`PATCHED_VERSIONS`), the one release pyproject.toml
 admits. Any other version runs unpatched (`install()` logs it and returns False), and
@@ -42,6 +44,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Mapping
 from importlib.metadata import version
 from ssl import SSLError
 from typing import ClassVar
@@ -51,10 +54,12 @@ import h11
 import hypercorn.asyncio.run
 import hypercorn.protocol
 from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+from hypercorn.typing import AppWrapper, ConnectionState, TaskGroup, WorkerContext
 
 from serving.hooks import ProtocolErrorHook
 
@@ -199,6 +204,9 @@ def _application_working(wrapper: object) -> bool:
     (HTTP/1.1), or some HTTP/2 stream awaits its answer (its body's pace is bounded by
     the application's own body timeout)."""
     protocol = getattr(wrapper, "protocol", None)
+    working = getattr(protocol, "application_working", None)  # llhttp_h1.LlhttpProtocol's
+    if working is not None:
+        return bool(working())
     if isinstance(protocol, H11Protocol):
         stream = protocol.stream
         return (
@@ -214,13 +222,38 @@ def _application_working(wrapper: object) -> bool:
     return False
 
 
-def install() -> bool:
-    """Use the classes above in this process's Hypercorn, if its version is one we know."""
+def install(http1: Mapping[str, Callable[..., object]] | None = None) -> bool:
+    """Use the classes above in this process's Hypercorn, if its version is one we know.
+    For HTTP/1.1, the protocol each config's ``http1_parser`` names: "h11" (the class
+    above) or one of ``http1`` (`serving.server` adds llhttp_h1's)."""
     found = version("hypercorn")
     if found not in PATCHED_VERSIONS:
         log.warning("hypercorn %s is not one of %s: serving unpatched", found, PATCHED_VERSIONS)
         return False
-    hypercorn.protocol.H11Protocol = CoalescingH11Protocol  # type: ignore[attr-defined]
+    HTTP1_PROTOCOLS.update(http1 or {})
+    hypercorn.protocol.H11Protocol = http1_protocol  # type: ignore[attr-defined,assignment]
     hypercorn.protocol.H2Protocol = ResetLimitedH2Protocol  # type: ignore[attr-defined]
     hypercorn.asyncio.run.TCPServer = TimeoutReadTCPServer  # type: ignore[attr-defined]
     return True
+
+
+# HTTP/1.1 protocols by the name a config's ``http1_parser`` gives (`serving.server`);
+# a config without one gets h11, Hypercorn's own.
+HTTP1_PROTOCOLS: dict[str, Callable[..., object]] = {"h11": CoalescingH11Protocol}
+
+
+def http1_protocol(
+    app: AppWrapper,
+    config: Config,
+    context: WorkerContext,
+    task_group: TaskGroup,
+    connection_state: ConnectionState,
+    ssl: bool,
+    client: tuple[str, int] | None,
+    server: tuple[str, int] | None,
+    send: Callable[[Event], Awaitable[None]],
+) -> object:
+    """What Hypercorn's ProtocolWrapper builds for an HTTP/1.1 connection (it calls this
+    in place of its H11Protocol class)."""
+    protocol = HTTP1_PROTOCOLS[getattr(config, "http1_parser", "h11")]
+    return protocol(app, config, context, task_group, connection_state, ssl, client, server, send)

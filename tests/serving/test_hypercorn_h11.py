@@ -8,13 +8,14 @@ from __future__ import annotations
 from importlib.metadata import version
 
 import h11
+import pytest
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
 from hypercorn.events import Event, RawData
 from hypercorn.protocol.events import Body, EndBody, Response
 from hypercorn.typing import ConnectionState
 
-from serving.hazmat import hypercorn_h11
+from serving.hazmat import hypercorn_h11, llhttp_h1
 
 
 def test_the_installed_hypercorn_is_one_the_patches_were_checked_against() -> None:
@@ -77,8 +78,39 @@ def test_install_replaces_hypercorns_classes() -> None:
 
     before = (hypercorn.protocol.H11Protocol, hypercorn.asyncio.run.TCPServer)  # type: ignore[attr-defined]
     try:
-        assert hypercorn_h11.install() is True
-        assert hypercorn.protocol.H11Protocol is hypercorn_h11.CoalescingH11Protocol  # type: ignore[attr-defined]
+        assert hypercorn_h11.install({"llhttp": llhttp_h1.LlhttpProtocol}) is True
+        assert hypercorn.protocol.H11Protocol is hypercorn_h11.http1_protocol  # type: ignore[attr-defined]
         assert hypercorn.asyncio.run.TCPServer is hypercorn_h11.TimeoutReadTCPServer  # type: ignore[attr-defined]
     finally:
         hypercorn.protocol.H11Protocol, hypercorn.asyncio.run.TCPServer = before  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("parser", "expected"),
+    [
+        ("llhttp", llhttp_h1.LlhttpProtocol),
+        ("h11", hypercorn_h11.CoalescingH11Protocol),
+        (None, hypercorn_h11.CoalescingH11Protocol),  # a config of Hypercorn's own
+    ],
+)
+def test_each_config_gets_the_http1_protocol_it_names(parser: str | None, expected: type) -> None:
+    hypercorn_h11.install({"llhttp": llhttp_h1.LlhttpProtocol})
+    config = Config()
+    if parser is not None:
+        config.http1_parser = parser  # type: ignore[attr-defined]
+
+    async def send(event: Event) -> None:
+        pass
+
+    protocol = hypercorn_h11.http1_protocol(
+        None,  # type: ignore[arg-type]
+        config,
+        WorkerContext(None),
+        None,  # type: ignore[arg-type]
+        ConnectionState({}),
+        False,
+        ("127.0.0.1", 1),
+        ("127.0.0.1", 2),
+        send,
+    )
+    assert type(protocol) is expected
