@@ -320,6 +320,17 @@ def hotpath_figures(n: int) -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def http1_figures(n: int) -> dict[str, Any]:
+    """What parsing a request and writing its answer costs in Hypercorn's HTTP/1.1
+    protocol, h11 against llhttp, CPU µs per request (bench/http1.py; part of B4)."""
+    from bench import http1
+
+    try:
+        return http1.main(n)
+    except Exception as exc:  # a figure of detail: say why it is missing, go on
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def jwt_figures(state: Path, token: str, n: int) -> dict[str, float]:
     """RS256 verification in the gateway's validator: every time, and from its verdict cache.
 
@@ -624,6 +635,8 @@ def report(result: dict[str, Any]) -> str:
         f"{_fmt(b4['gateway_api_key_us'], 'µs')}), HAProxy {_fmt(b4['haproxy_us'], 'µs')}, "
         f"scorer {_fmt(b4['scorer_us_direct'], 'µs')}, MLServer {_fmt(b4['mlserver_us'], 'µs')}, "
         f"Flask {_fmt(b4['flask_us'], 'µs')}",
+        "B4   HTTP/1.1 parse + answer, CPU µs/request (bench/http1.py): "
+        + ", ".join(f"{k} {v}" for k, v in (b4.get("http1_protocol") or {}).items()),
         "B7   peak RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in b7["peak_rss_mib"].items()),
     ]
     b9 = figs.get("B9")
@@ -746,6 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     audit = peers.verify_audit(stack.state)
     say("hot path (B5, B8) and RS256 verification")
     hotpath = hotpath_figures(args.hotpath_n)
+    http1 = http1_figures(max(2000, args.hotpath_n * 2))
     jwt = jwt_figures(stack.state, stack.token, max(50, args.hotpath_n // 10))
     batching = None
     if not args.no_batching:
@@ -784,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         "binary": binary_run,
         "json_path": str(json_path),
     }
+    result["figures"]["B4"]["http1_protocol"] = http1
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     print(report(result))
     json_path.parent.mkdir(parents=True, exist_ok=True)
