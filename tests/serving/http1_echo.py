@@ -31,7 +31,7 @@ from serving.hooks import ProtocolErrorAnswer
 
 # Small limits and timeouts: a case that leaves a connection waiting ends within a second.
 MAX_HEAD_BYTES = 8192
-TIMEOUT_S = 0.5
+TIMEOUT_S = 1.0
 
 
 async def refuse(peer: str | None, status: int) -> ProtocolErrorAnswer:

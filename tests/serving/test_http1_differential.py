@@ -24,8 +24,9 @@ closed without a final answer, or turned to HTTP/2) and how llhttp compares
 (``llhttp: same | stricter | refuses-too``: identical; llhttp refuses where h11
 answered; both refuse, differently). Other keys:
 ``request`` (a string, or a list of parts and ``{repeat, times}``), ``probe: false``,
-``split: true`` (each part in a write of its own), ``shutdown: true`` (the client closes its
-side after sending), ``http2: true`` (the connection turns to HTTP/2: frames compared).
+``split: true`` (each part in a write of its own), ``http2: true`` (the connection turns
+to HTTP/2: frames compared). (The end of the stream inside a request depends on when the
+server reads it: tests/serving/test_llhttp_h1.py compares that in process.)
 
 The corpus grows with every bug: any input on which the two protocols were found to
 differ where they should not, or that got past either in production, is added here as a
@@ -72,7 +73,6 @@ class Case:
     llhttp: str
     probe: bool = True
     split: bool = False
-    shutdown: bool = False
     http2: bool = False
 
     def writes(self) -> list[bytes]:
@@ -135,7 +135,7 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError(f"nothing listens on {port}")
 
 
-def exchange(port: int, writes: list[bytes], *, shutdown: bool = False) -> bytes:
+def exchange(port: int, writes: list[bytes]) -> bytes:
     """Send the writes (a pause between two), then read until the server closes."""
     received = b""
     with socket.create_connection(("127.0.0.1", port), timeout=READ_LIMIT_S) as sock:
@@ -146,9 +146,6 @@ def exchange(port: int, writes: list[bytes], *, shutdown: bool = False) -> bytes
                 sock.sendall(data)
             except OSError:
                 break  # closed on us, what it sent is read below
-        if shutdown:
-            time.sleep(0.05)  # the server reads the data first, then the end of the stream
-            sock.shutdown(socket.SHUT_WR)
         deadline = time.monotonic() + READ_LIMIT_S
         while time.monotonic() < deadline:
             try:
@@ -161,11 +158,9 @@ def exchange(port: int, writes: list[bytes], *, shutdown: bool = False) -> bytes
     raise AssertionError(f"still open after {READ_LIMIT_S}s, having sent {received[:200]!r}")
 
 
-def both(
-    servers: dict[str, int], writes: list[bytes], *, shutdown: bool = False
-) -> dict[str, bytes]:
+def both(servers: dict[str, int], writes: list[bytes]) -> dict[str, bytes]:
     with ThreadPoolExecutor(len(PARSERS)) as pool:
-        futures = {p: pool.submit(exchange, servers[p], writes, shutdown=shutdown) for p in PARSERS}
+        futures = {p: pool.submit(exchange, servers[p], writes) for p in PARSERS}
         return {parser: future.result() for parser, future in futures.items()}
 
 
@@ -263,7 +258,7 @@ def frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_corpus(servers: dict[str, int], case: Case) -> None:
-    out = both(servers, case.writes(), shutdown=case.shutdown)
+    out = both(servers, case.writes())
     outcome = compare(out["h11"], out["llhttp"], http2=case.http2)
     assert (h11_outcome(out["h11"], http2=case.http2), outcome) == (case.h11, case.llhttp), (
         f"{case.ref}\nh11:    {out['h11'][:600]!r}\nllhttp: {out['llhttp'][:600]!r}"

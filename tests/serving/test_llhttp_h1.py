@@ -5,10 +5,12 @@ tests/serving/test_http1_differential.py."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.asyncio.task_group import TaskGroup
 from hypercorn.asyncio.worker_context import WorkerContext
@@ -16,8 +18,9 @@ from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.typing import ConnectionState
 
-from serving.hazmat import llhttp_h1
+from serving.hazmat import hypercorn_h11, llhttp_h1
 
+DATE = re.compile(rb"date: [^\r]*")
 REQUEST = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"
 
 
@@ -40,14 +43,16 @@ class Answering:
 
 
 @asynccontextmanager
-async def connection(app: Answering) -> AsyncIterator[tuple[llhttp_h1.LlhttpProtocol, list[Event]]]:
+async def connection(
+    app: Answering, protocol_class: Any = llhttp_h1.LlhttpProtocol
+) -> AsyncIterator[tuple[Any, list[Event]]]:
     sent: list[Event] = []
 
     async def send(event: Event) -> None:
         sent.append(event)
 
     async with TaskGroup(asyncio.get_running_loop()) as task_group:
-        protocol = llhttp_h1.LlhttpProtocol(
+        protocol = protocol_class(
             ASGIWrapper(app),  # type: ignore[arg-type]
             Config(),
             WorkerContext(None),
@@ -120,3 +125,37 @@ async def test_a_malformed_request_is_answered_400_and_the_connection_closed() -
         (answer,) = writes(sent)
         assert answer.startswith(b"HTTP/1.1 400 \r\ncontent-length: 0\r\nconnection: close\r\n")
         assert isinstance(sent[-1], Closed) and app.requests == 0
+
+
+@pytest.mark.parametrize(
+    "received",
+    [
+        b"GET / HTTP/1.1\r\nHost: a\r\n",  # inside the head
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello",  # the body
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: 1\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",  # between two requests: no answer owed
+    ],
+    ids=["head", "body", "chunk", "trailer", "between"],
+)
+async def test_the_end_of_the_stream_inside_a_request_is_met_as_h11_meets_it(
+    received: bytes,
+) -> None:
+    """The client closes its side (the read loop hands over b""): h11 answers 400 when a
+    request was cut short and nothing was answered yet (RFC 9112 §8), and so must this.
+    Compared in process: over a socket it depends on when the server reads the end."""
+    written = {}
+    for name, protocol_class in (
+        ("h11", hypercorn_h11.CoalescingH11Protocol),
+        ("llhttp", llhttp_h1.LlhttpProtocol),
+    ):
+        async with connection(Answering(), protocol_class) as (protocol, sent):
+            await protocol.handle(RawData(received))
+            await protocol.handle(RawData(b""))
+            await settle()
+            written[name] = [DATE.sub(b"date: *", w) for w in writes(sent)], Closed() in sent
+    assert written["llhttp"] == written["h11"]
+    if received.endswith(b"\r\n\r\n"):
+        assert written["h11"] == ([], False)  # the app is still at work: nothing yet
+    else:
+        assert written["h11"][0][0].startswith(b"HTTP/1.1 400 ") and written["h11"][1]
