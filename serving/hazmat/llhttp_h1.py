@@ -275,24 +275,22 @@ class LlhttpProtocol:
         )
 
     async def stream_send(self, event: StreamEvent) -> None:
-        kind = type(event)
-        if kind is Body:
-            await self._send_data(event.data)  # type: ignore[attr-defined]
-        elif kind is EndBody:
+        if isinstance(event, Body):
+            await self._send_data(event.data)
+        elif isinstance(event, EndBody):
             await self._send_end()
-        elif kind is Response:
-            status: int = event.status_code  # type: ignore[attr-defined]
-            headers = [*event.headers, *self._response_fields()]  # type: ignore[attr-defined]
-            if status >= 200:
+        elif isinstance(event, Response):
+            headers = [*event.headers, *self._response_fields()]
+            if event.status_code >= 200:
                 if self.keep_alive_requests >= self.config.keep_alive_max_requests:
                     headers.append((b"connection", b"close"))
-                await self._send_response(status, headers)
+                await self._send_response(event.status_code, headers)
             else:
-                await self._send_informational(status, headers)
-        elif kind is StreamClosed:
+                await self._send_informational(event.status_code, headers)
+        elif isinstance(event, StreamClosed):
             await self._maybe_recycle()
-        elif kind is Data:
-            await self.send(RawData(data=event.data))  # type: ignore[attr-defined]
+        elif isinstance(event, Data):
+            await self.send(RawData(data=event.data))
         # InformationalResponse (ignored for HTTP/1, as Hypercorn does), EndData: nothing.
 
     def _response_fields(self) -> list[tuple[bytes, bytes]]:
