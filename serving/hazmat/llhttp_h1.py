@@ -645,36 +645,24 @@ class LlhttpProtocol:
 
     async def _create_stream(self, request: _Head) -> None:
         method = request.method.decode("ascii").upper()
-        if (
+        self._websocket = bool(
             request.upgrade
             and request.upgrade.lower() == "websocket"
             and method == "GET"
             and any(token.strip() == "upgrade" for token in request.connection.lower().split(","))
-        ):
-            self.stream = WSStream(
-                self.app,
-                self.config,
-                self.context,
-                self.task_group,
-                self.ssl,
-                self.client,
-                self.server,
-                self.stream_send,
-                STREAM_ID,
-            )
-            self._websocket = True
-        else:
-            self.stream = HTTPStream(
-                self.app,
-                self.config,
-                self.context,
-                self.task_group,
-                self.ssl,
-                self.client,
-                self.server,
-                self.stream_send,
-                STREAM_ID,
-            )
+        )
+        stream_class = WSStream if self._websocket else HTTPStream
+        self.stream = stream_class(
+            self.app,
+            self.config,
+            self.context,
+            self.task_group,
+            self.ssl,
+            self.client,
+            self.server,
+            self.stream_send,
+            STREAM_ID,
+        )
         headers = request.headers
         if self.config.h11_pass_raw_headers:  # the names as sent, the values as h11's
             pairs = zip(request.fields, headers, strict=True)
