@@ -43,7 +43,7 @@ class TrailCheck:
         keys = ", ".join(f"{key} ({n})" for key, n in sorted(r.signers.items()))
         verb = "signed by key" if self.signatures_checked else "naming key (not checked)"
         return (
-            f"{r.checkpoints} checkpoints {verb} {keys}; "
+            f"{r.checkpoints} checkpoint{'' if r.checkpoints == 1 else 's'} {verb} {keys}; "
             f"{r.unsigned_tail:,} records after the last one"
         )
 

@@ -143,7 +143,8 @@ def test_the_report_in_chromium(
     banner = text(browser, "banner")
     assert banner == (
         f"INTACT: {len(trail)} records (seq 1\N{EN DASH}{len(trail)}), chain unbroken; "
-        f"{len(checkpoints)} checkpoints signed by key {checkpoints[0]['key_id']} "
+        f"{len(checkpoints)} checkpoint{'' if len(checkpoints) == 1 else 's'} signed by key "
+        f"{checkpoints[0]['key_id']} "
         f"({len(checkpoints)}); 0 records after the last one"
     )
     assert browser.title.startswith("INTACT")
