@@ -57,12 +57,9 @@ def _check_v2_envelope(
         if not in_binary:
             required["data"] = list
         _check_members(tensor, "each input", required)
+    if not isinstance(body.get("parameters", {}).get("binary_data_output", False), bool):
+        raise InvalidRequest("'binary_data_output' must be true or false", reason="body_invalid")
     if "outputs" not in body:
-        wanted = body.get("parameters", {}).get("binary_data_output", False)
-        if not isinstance(wanted, bool):
-            raise InvalidRequest(
-                "'binary_data_output' must be true or false", reason="body_invalid"
-            )
         return  # the model's default output
     outputs = body["outputs"]
     if (
@@ -73,14 +70,10 @@ def _check_v2_envelope(
         raise InvalidRequest("'outputs' must be a non-empty list of objects", reason="body_invalid")
     for output in outputs:
         _check_members(output, "each output", {"name": str})
-        wanted = output.get("parameters", {}).get("binary_data", False)
-        if not isinstance(wanted, bool):
+        if not isinstance(output.get("parameters", {}).get("binary_data", False), bool):
             raise InvalidRequest(
                 "'binary_data' of an output must be true or false", reason="body_invalid"
             )
-    wanted = body.get("parameters", {}).get("binary_data_output", False)
-    if not isinstance(wanted, bool):
-        raise InvalidRequest("'binary_data_output' must be true or false", reason="body_invalid")
 
 
 @dataclass(frozen=True)

@@ -163,31 +163,30 @@ class Forwarder:
             raise BadUpstream(reason="upstream_not_json")
         if 200 <= status < 300:
             return answer
-        if status in _PASSED_THROUGH:
-            raise _PASSED_THROUGH[status](
-                _upstream_message(answer.body), reason="upstream_rejected_input"
-            )
-        if status == 404 and _upstream_code(answer.body) == "version_not_found":
-            # The model is routed and served, in another version than the path names (the
-            # protocol's /versions/{v}); any other 404 is a misrouted scorer: a 502.
-            raise ModelNotFound(_upstream_message(answer.body), reason="version_unknown")
+        if status in _PASSED_THROUGH or status == 404:
+            message, code = _upstream_error(answer.body)
+            if status in _PASSED_THROUGH:
+                raise _PASSED_THROUGH[status](message, reason="upstream_rejected_input")
+            if code == "version_not_found":
+                # The model is routed and served, in another version than the path names
+                # (the protocol's /versions/{v}); any other 404 is a misrouted scorer: 502.
+                raise ModelNotFound(message, reason="version_unknown")
         if status == 503:
             raise UpstreamUnavailable(reason="upstream_503")
         raise BadUpstream(reason=f"upstream_status_{status}")
 
 
-def _upstream_code(payload: bytes) -> str | None:
+def _upstream_error(payload: bytes) -> tuple[str | None, str | None]:
+    """The scorer's own (safe, ours) error message and code, each None when the body is not
+    the expected shape."""
     try:
-        code = orjson.loads(payload)["code"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
-    return code if isinstance(code, str) else None
-
-
-def _upstream_message(payload: bytes) -> str | None:
-    """The scorer's own (safe, ours) error message, or None when it is not the expected shape."""
-    try:
-        message = orjson.loads(payload)["error"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
-    return message[:_MESSAGE_LIMIT] if isinstance(message, str) else None
+        error = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(error, dict):
+        return None, None
+    message, code = error.get("error"), error.get("code")
+    return (
+        message[:_MESSAGE_LIMIT] if isinstance(message, str) else None,
+        code if isinstance(code, str) else None,
+    )

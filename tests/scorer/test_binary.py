@@ -3,7 +3,6 @@ JSON header, outputs sent back in binary when asked, and every framing fault a 4
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from quart import Quart
 from scorer.app import create_app
 from scorer.server import load_models
 from scorer.settings import ScorerSettings
+from tests.binary_framing import bytes_tensor, outputs, request
 
 ROWS = np.asarray([[5.1, 3.5, 1.4, 0.2], [7.7, 3.0, 6.1, 2.3]])
 
@@ -24,36 +24,10 @@ def app(model_repo: Path) -> Quart:
     return create_app(load_models(ScorerSettings(repository=model_repo)), max_body_bytes=1 << 20)
 
 
-def binary_request(
-    tensors: list[tuple[dict[str, Any], bytes]], **extra: Any
-) -> tuple[bytes, dict[str, str]]:
-    """A body of a JSON header whose inputs carry binary_data_size, then their bytes."""
-    inputs = [{**t, "parameters": {"binary_data_size": len(raw)}} for t, raw in tensors]
-    header = orjson.dumps({"inputs": inputs, **extra})
-    body = header + b"".join(raw for _, raw in tensors)
-    return body, {"inference-header-content-length": str(len(header))}
-
-
-def parse_binary(body: bytes, header_length: int) -> tuple[dict[str, Any], dict[str, bytes]]:
-    response = orjson.loads(body[:header_length])
-    parts, offset = {}, header_length
-    for output in response["outputs"]:
-        size = output.get("parameters", {}).get("binary_data_size")
-        if size is not None:
-            parts[output["name"]] = body[offset : offset + size]
-            offset += size
-    assert offset == len(body)
-    return response, parts
-
-
-def bytes_tensor(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(i)) + i for i in items)
-
-
 async def test_binary_fp32_input_scores_like_json(app: Quart) -> None:
     client = app.test_client()
     tensor = {"name": "measurements", "shape": [2, 4], "datatype": "FP32"}
-    body, headers = binary_request([(tensor, ROWS.astype("<f4").tobytes())])
+    body, headers = request([(tensor, ROWS.astype("<f4").tobytes())])
     r = await client.post("/v2/models/iris/infer", data=body, headers=headers)
     assert r.status_code == 200, await r.get_data()
     assert (await r.get_json())["outputs"][0]["data"] == ["setosa", "virginica"]
@@ -62,7 +36,7 @@ async def test_binary_fp32_input_scores_like_json(app: Quart) -> None:
 async def test_binary_outputs_when_asked(app: Quart) -> None:
     client = app.test_client()
     tensor = {"name": "measurements", "shape": [2, 4], "datatype": "FP64"}
-    body, headers = binary_request(
+    body, headers = request(
         [(tensor, ROWS.astype("<f8").tobytes())],
         outputs=[
             {"name": "predict_proba", "parameters": {"binary_data": True}},
@@ -73,7 +47,7 @@ async def test_binary_outputs_when_asked(app: Quart) -> None:
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/octet-stream"
     raw = await r.get_data()
-    response, parts = parse_binary(raw, int(r.headers["inference-header-content-length"]))
+    response, parts = outputs(raw, int(r.headers["inference-header-content-length"]))
     proba = np.frombuffer(parts["predict_proba"], dtype="<f8").reshape(2, 3)
     assert proba.argmax(axis=1).tolist() == [0, 2]
     assert np.allclose(proba.sum(axis=1), 1.0)
@@ -94,7 +68,7 @@ async def test_binary_data_output_applies_to_the_default_output(app: Quart) -> N
     )
     r = await client.post("/v2/models/iris/infer", data=body)
     size = int(r.headers["inference-header-content-length"])
-    response, parts = parse_binary(await r.get_data(), size)
+    response, parts = outputs(await r.get_data(), size)
     assert parts == {"predict": bytes_tensor([b"setosa"])}
     assert "data" not in response["outputs"][0]
 
@@ -122,7 +96,7 @@ async def test_binary_framing_faults_are_422(
     app: Quart, tensors: list[tuple[dict[str, Any], bytes]], header: str | None, message: str
 ) -> None:
     client = app.test_client()
-    body, headers = binary_request([({"name": "m", **t}, raw) for t, raw in tensors])
+    body, headers = request([({"name": "m", **t}, raw) for t, raw in tensors])
     if header == "extra":
         body += b"\0"
     elif header is not None:

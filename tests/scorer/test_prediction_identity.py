@@ -28,7 +28,7 @@ from scorer.app import create_app
 from scorer.repository import read_model_settings
 from scorer.server import load_models
 from scorer.settings import ScorerSettings
-from serving.binary import HEADER
+from tests import binary_framing as framing
 
 IRIS_BATCHES = (1, 1, 2, 3, 5, 8, 13, 21, 34, 64, 64, 1, 40)  # 257 rows
 DIGITS_BATCHES = (1, 2, 3, 4, 7, 16, 32, 64, 1, 9, 33, 64)  # 236 images
@@ -46,35 +46,6 @@ def iris_rows(rng: np.random.Generator, size: int) -> np.ndarray[Any, Any]:
     if kind == 3:
         return rng.normal(0, 1e150, (size, 4))
     return rng.integers(-20, 20, (size, 4)).astype(np.float64)
-
-
-def binary_body(tensor: dict[str, Any], raw: bytes, **extra: Any) -> tuple[bytes, dict[str, str]]:
-    header = orjson.dumps(
-        {"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}], **extra}
-    )
-    return header + raw, {HEADER: str(len(header))}
-
-
-def binary_outputs(body: bytes, size: int) -> tuple[dict[str, Any], dict[str, bytes]]:
-    response = orjson.loads(body[:size])
-    parts, offset = {}, size
-    for output in response["outputs"]:
-        length = output.get("parameters", {}).get("binary_data_size")
-        if length is not None:
-            parts[output["name"]] = body[offset : offset + length]
-            offset += length
-    assert offset == len(body)
-    return response, parts
-
-
-def labels_of(raw: bytes) -> list[str]:
-    """BYTES elements of the binary extension: a 4-byte little-endian length, then the bytes."""
-    items, offset = [], 0
-    while offset < len(raw):
-        length = int.from_bytes(raw[offset : offset + 4], "little")
-        items.append(raw[offset + 4 : offset + 4 + length].decode())
-        offset += 4 + length
-    return items
 
 
 async def infer(
@@ -130,23 +101,23 @@ async def test_iris_answers_equal_plain_pipeline_predict(
         assert np.array_equal(proba, want_proba)
 
         # v2, binary in and out: the model's own float64 bytes.
-        body, headers = binary_body(
-            tensor,
-            rows.astype("<f8").tobytes(),
+        body, headers = framing.request(
+            [(tensor, rows.astype("<f8").tobytes())],
             outputs=outputs,
             parameters={"binary_data_output": True},
         )
         raw, answer = await infer(client, "iris", body, headers)
-        _, parts = binary_outputs(raw, int(answer["inference-header-content-length"]))
-        assert labels_of(parts["predict"]) == want_labels.tolist()
+        _, parts = framing.outputs(raw, int(answer["inference-header-content-length"]))
+        assert [b.decode() for b in framing.bytes_items(parts["predict"])] == want_labels.tolist()
         proba = np.frombuffer(parts["predict_proba"], "<f8").reshape(want_proba.shape)
         assert np.array_equal(proba, want_proba)
 
         # v2, binary FP32 into the FP64 model: widened exactly, as the plain call sees it.
         if np.abs(rows).max() < np.finfo(np.float32).max:
             narrow = rows.astype(np.float32)
-            body, headers = binary_body(
-                {**tensor, "datatype": "FP32"}, narrow.astype("<f4").tobytes(), outputs=outputs
+            body, headers = framing.request(
+                [({**tensor, "datatype": "FP32"}, narrow.astype("<f4").tobytes())],
+                outputs=outputs,
             )
             raw, _ = await infer(client, "iris", body, headers)
             got = {o["name"]: o for o in orjson.loads(raw)["outputs"]}
@@ -212,17 +183,16 @@ async def test_digits_answers_equal_the_networks_forward(digits_repo: Path, netw
                 "digits",
                 orjson.dumps({"inputs": [{**tensor, "data": data}], "outputs": outputs}),
             )
-            body, headers = binary_body(
-                tensor,
-                images.astype("<f4").tobytes(),
+            body, headers = framing.request(
+                [(tensor, images.astype("<f4").tobytes())],
                 outputs=outputs,
                 parameters={"binary_data_output": True},
             )
             binary, answer = await infer(client, "digits", body, headers)
-            _, parts = binary_outputs(binary, int(answer["inference-header-content-length"]))
+            _, parts = framing.outputs(binary, int(answer["inference-header-content-length"]))
             from_json = {o["name"]: o["data"] for o in orjson.loads(raw)["outputs"]}
             from_binary = {
-                "predict": labels_of(parts["predict"]),
+                "predict": [b.decode() for b in framing.bytes_items(parts["predict"])],
                 "probabilities": np.frombuffer(parts["probabilities"], "<f4").tolist(),
                 "logits": np.frombuffer(parts["logits"], "<f4").tolist(),
             }

@@ -247,38 +247,25 @@ def render_html(report: dict[str, Any], summary: Summary) -> str:
         _chart("principals", "Denials by principal", ["principal", "denials"]),
         _chart("status", "Responses by status", ["status", "responses"]),
         "<h2>Denials: first and last seen</h2>",
-        _rows(
-            ["reason", "count", "first seen", "last seen"],
-            [
-                (
-                    _span(r["first_seen"], r["last_seen"]),
-                    [r["reason"], r["count"], _when(r["first_seen"]), _when(r["last_seen"])],
-                )
-                for r in report["denials_by_reason"]
-            ],
-            "By reason",
-        ),
-        _rows(
-            ["principal", "count", "first seen", "last seen"],
-            [
-                (
-                    {"p": r["principal"], **_span(r["first_seen"], r["last_seen"])},
-                    [r["principal"], r["count"], _when(r["first_seen"]), _when(r["last_seen"])],
-                )
-                for r in report["denials_by_principal"]
-            ],
-            "By principal",
-        ),
-        _rows(
-            ["address", "count", "first seen", "last seen"],
-            [
-                (
-                    _span(r["first_seen"], r["last_seen"]),
-                    [r["address"], r["count"], _when(r["first_seen"]), _when(r["last_seen"])],
-                )
-                for r in report["denials_by_address"]
-            ],
-            "By client address",
+        *(
+            _rows(
+                [key, "count", "first seen", "last seen"],
+                [
+                    (
+                        # Rows filter by principal; reasons and addresses by time alone.
+                        ({"p": r[key]} if key == "principal" else {})
+                        | _span(r["first_seen"], r["last_seen"]),
+                        [r[key], r["count"], _when(r["first_seen"]), _when(r["last_seen"])],
+                    )
+                    for r in report[f"denials_by_{key}"]
+                ],
+                title,
+            )
+            for key, title in (
+                ("reason", "By reason"),
+                ("principal", "By principal"),
+                ("address", "By client address"),
+            )
         ),
         f"<h2>Failed-authentication bursts: {burst['total']:,}</h2>",
         _rows(

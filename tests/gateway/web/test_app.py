@@ -24,6 +24,7 @@ from gateway.identity import lifecycle
 from gateway.secretstore.localfile import LocalSecretStore
 from gateway.service import build_gateway
 from gateway.settings import GatewaySettings
+from tests import binary_framing as framing
 from tests.conftest import ROOT, free_port, write_access, write_routes
 
 ROWS = [[5.1, 3.5, 1.4, 0.2]]
@@ -632,9 +633,9 @@ async def test_a_compressed_body_is_415_not_inflated(
 
 
 def binary_body(shape: list[int], raw: bytes, datatype: str = "FP64") -> tuple[bytes, str]:
-    tensor = {"name": "m", "shape": shape, "datatype": datatype}
-    header = orjson.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}]})
-    return header + raw, str(len(header))
+    """One binary tensor's body, and its JSON header's length."""
+    body, headers = framing.request([({"name": "m", "shape": shape, "datatype": datatype}, raw)])
+    return body, headers[framing.HEADER]
 
 
 @pytest.mark.parametrize("content_type", [None, "application/octet-stream"])
